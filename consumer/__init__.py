@@ -1,0 +1,1 @@
+"""Order-completed events from Kafka, delivered effectively once to Nibble, Nudgify and Custobar."""
