@@ -1,0 +1,387 @@
+"""Settings: one frozen object, loaded from the environment and secret files, checked at start.
+
+Every variable is prefixed `CONSUMER_`. A secret `CONSUMER_X` may instead be given as
+`CONSUMER_X_FILE=/path` (Kubernetes/Docker secrets). librdkafka settings pass through as
+`CONSUMER_KAFKA__<NAME>` where `_` stands for `.` (`CONSUMER_KAFKA__SASL_MECHANISMS=PLAIN`).
+An unknown `CONSUMER_` variable is an error: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from consumer.errors import ConfigError
+
+PREFIX = "CONSUMER_"
+KAFKA_PASSTHROUGH = "CONSUMER_KAFKA__"
+PACKAGED_SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "order_completed.avsc"
+
+# librdkafka settings the service owns: overriding them would break the commit guarantee.
+RESERVED_KAFKA_SETTINGS = frozenset(
+    {
+        "enable.auto.offset.store",
+        "enable.auto.commit",
+        "group.id",
+        "bootstrap.servers",
+        "partition.assignment.strategy",
+        "on_commit",
+    }
+)
+
+
+class Secret:
+    """A credential: usable with `reveal()`, never shown by `repr`/`str`/logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class NibbleSettings:
+    enabled: bool
+    base_url: str
+    api_key: Secret | None
+    api_secret: Secret | None
+    report_all_sales: bool
+    batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class NudgifySettings:
+    enabled: bool
+    base_url: str
+    api_key: Secret | None
+    site_key: str | None
+    batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CustobarSettings:
+    enabled: bool
+    base_url: str | None
+    auth: str  # token | bearer | basic
+    token: Secret | None
+    username: str | None
+    password: Secret | None
+    default_currency: str
+    company: str
+    batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    http_timeout_s: float
+    concurrent_requests: int
+    linger_ms: int
+    retry_initial_s: float
+    retry_max_s: float
+    credentials_retry_s: float
+    lease_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bootstrap_servers: str
+    topic: str
+    group_id: str
+    dead_letter_topic: str
+    kafka: Mapping[str, str]
+    schema_registry_url: str | None
+    avro_format: str  # confluent | schemaless
+    writer_schema: Path
+    reader_schema: Path
+    ledger_url: str
+    idempotency_secret: Secret
+    nibble: NibbleSettings
+    nudgify: NudgifySettings
+    custobar: CustobarSettings
+    delivery: DeliverySettings
+    max_in_flight: int
+    commit_interval_ms: int
+    shutdown_grace_s: float
+    health_port: int | None
+    log_format: str
+    log_level: str
+    resend: bool = False
+    instance_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, so the log redactor can scrub them wherever they appear."""
+        found = [
+            s.reveal()
+            for s in (
+                self.idempotency_secret,
+                self.nibble.api_key,
+                self.nibble.api_secret,
+                self.nudgify.api_key,
+                self.custobar.token,
+                self.custobar.password,
+            )
+            if s is not None and s.reveal()
+        ]
+        found += [v for k, v in self.kafka.items() if _looks_secret(k) and v]
+        return tuple(found)
+
+
+def _looks_secret(name: str) -> bool:
+    return any(word in name for word in ("password", "secret", "token", "key"))
+
+
+class _Reader:
+    """Reads CONSUMER_ variables, remembering which were used so leftovers can be reported."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.used: set[str] = set()
+
+    def raw(self, name: str) -> str | None:
+        key = PREFIX + name
+        self.used.add(key)
+        value = self.env.get(key)
+        return value.strip() if value is not None and value.strip() != "" else None
+
+    def text(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def optional(self, name: str) -> str | None:
+        return self.raw(name)
+
+    def secret(self, name: str) -> Secret | None:
+        direct = self.raw(name)
+        file_key = name + "_FILE"
+        path = self.raw(file_key)
+        if direct and path:
+            raise ConfigError(f"set either {PREFIX}{name} or {PREFIX}{file_key}, not both")
+        if path:
+            try:
+                return Secret(Path(path).read_text(encoding="utf-8").strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"{PREFIX}{file_key}: cannot read {path}: {exc.strerror}"
+                ) from exc
+        return Secret(direct) if direct else None
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{PREFIX}{name} must be true or false, got {value!r}")
+
+    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name} must be a number, got {value!r}") from None
+        if not minimum <= number <= maximum:
+            raise ConfigError(f"{PREFIX}{name} must be between {minimum} and {maximum}")
+        return number
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        number = self.number(name, default, minimum=minimum, maximum=maximum)
+        if number != int(number):
+            raise ConfigError(f"{PREFIX}{name} must be a whole number")
+        return int(number)
+
+
+def _vendor_url(name: str, url: str) -> str:
+    """https only, except loopback (the sandbox): credentials must never travel in clear text."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{PREFIX}{name} must be an http(s) URL, got {url!r}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigError(f"{PREFIX}{name} must use https (plain http is allowed only on loopback)")
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for key, value in env.items():
+        if not key.startswith(KAFKA_PASSTHROUGH):
+            continue
+        name = key[len(KAFKA_PASSTHROUGH) :].lower().replace("_", ".")
+        if name in RESERVED_KAFKA_SETTINGS:
+            raise ConfigError(f"{key}: {name} is managed by the service and cannot be overridden")
+        settings[name] = value
+    return settings
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Build and validate the settings; raise ConfigError naming every problem found first."""
+    env = os.environ if env is None else env
+    r = _Reader(env)
+    bootstrap = r.optional("BOOTSTRAP_SERVERS") or env.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        raise ConfigError(f"{PREFIX}BOOTSTRAP_SERVERS is required (host:port[,host:port])")
+    registry = r.optional("SCHEMA_REGISTRY_URL")
+    avro_format = r.text("AVRO_FORMAT", "confluent" if registry else "schemaless")
+    if avro_format not in ("confluent", "schemaless"):
+        raise ConfigError(f"{PREFIX}AVRO_FORMAT must be confluent or schemaless")
+    if avro_format == "confluent" and not registry:
+        raise ConfigError(f"{PREFIX}AVRO_FORMAT=confluent needs {PREFIX}SCHEMA_REGISTRY_URL")
+    writer_schema = Path(r.text("WRITER_SCHEMA", str(PACKAGED_SCHEMA)))
+    reader_schema = Path(r.text("READER_SCHEMA", str(PACKAGED_SCHEMA)))
+    for label, path in (("WRITER_SCHEMA", writer_schema), ("READER_SCHEMA", reader_schema)):
+        if not path.is_file():
+            raise ConfigError(f"{PREFIX}{label}: no schema file at {path}")
+
+    idempotency_secret = r.secret("IDEMPOTENCY_SECRET")
+    if idempotency_secret is None or len(idempotency_secret.reveal()) < 16:
+        raise ConfigError(
+            f"{PREFIX}IDEMPOTENCY_SECRET is required (at least 16 characters): it keys the "
+            "Idempotency-Key header sent to vendors"
+        )
+
+    nibble = NibbleSettings(
+        enabled=r.flag("NIBBLE_ENABLED", True),
+        base_url=_vendor_url(
+            "NIBBLE_BASE_URL", r.text("NIBBLE_BASE_URL", "https://api.nibble.website")
+        ),
+        api_key=r.secret("NIBBLE_API_KEY"),
+        api_secret=r.secret("NIBBLE_API_SECRET"),
+        report_all_sales=r.flag("NIBBLE_REPORT_ALL_SALES", True),
+        batch_size=r.integer("NIBBLE_BATCH_SIZE", 50, minimum=1, maximum=50),
+    )
+    nudgify = NudgifySettings(
+        enabled=r.flag("NUDGIFY_ENABLED", True),
+        base_url=_vendor_url(
+            "NUDGIFY_BASE_URL", r.text("NUDGIFY_BASE_URL", "https://app.nudgify.com")
+        ),
+        api_key=r.secret("NUDGIFY_API_KEY"),
+        site_key=r.optional("NUDGIFY_SITE_KEY"),
+        batch_size=r.integer("NUDGIFY_BATCH_SIZE", 100, minimum=1, maximum=1000),
+    )
+    custobar_url = r.optional("CUSTOBAR_BASE_URL")
+    custobar = CustobarSettings(
+        enabled=r.flag("CUSTOBAR_ENABLED", True),
+        base_url=_vendor_url("CUSTOBAR_BASE_URL", custobar_url) if custobar_url else None,
+        auth=r.text("CUSTOBAR_AUTH", "token").lower(),
+        token=r.secret("CUSTOBAR_TOKEN"),
+        username=r.optional("CUSTOBAR_USERNAME"),
+        password=r.secret("CUSTOBAR_PASSWORD"),
+        default_currency=r.text("CUSTOBAR_DEFAULT_CURRENCY", "EUR").upper(),
+        company=r.text("CUSTOBAR_COMPANY", "COMPANY").upper(),
+        batch_size=r.integer("CUSTOBAR_BATCH_SIZE", 200, minimum=1, maximum=2000),
+    )
+    _check_vendors(nibble, nudgify, custobar)
+
+    delivery = DeliverySettings(
+        http_timeout_s=r.number("HTTP_TIMEOUT_S", 15.0, minimum=0.1, maximum=300),
+        concurrent_requests=r.integer("CONCURRENT_REQUESTS", 4, minimum=1, maximum=64),
+        linger_ms=r.integer("BATCH_LINGER_MS", 50, minimum=0, maximum=60_000),
+        retry_initial_s=r.number("RETRY_INITIAL_S", 0.5, minimum=0.001, maximum=60),
+        retry_max_s=r.number("RETRY_MAX_S", 60.0, minimum=0.01, maximum=3600),
+        credentials_retry_s=r.number("CREDENTIALS_RETRY_S", 60.0, minimum=0.01, maximum=3600),
+        lease_s=r.number("CLAIM_LEASE_S", 120.0, minimum=1, maximum=3600),
+    )
+    health_port = r.integer("HEALTH_PORT", 0, minimum=0, maximum=65535)
+    settings = Settings(
+        bootstrap_servers=bootstrap,
+        topic=r.text("TOPIC", "order-completed"),
+        group_id=r.text("GROUP_ID", "order-consumer"),
+        dead_letter_topic=r.text("DEAD_LETTER_TOPIC", "order-completed.dlq"),
+        kafka=_kafka_passthrough(env),
+        schema_registry_url=registry.rstrip("/") if registry else None,
+        avro_format=avro_format,
+        writer_schema=writer_schema,
+        reader_schema=reader_schema,
+        ledger_url=r.text("LEDGER_URL", "sqlite:///order-consumer-ledger.sqlite3"),
+        idempotency_secret=idempotency_secret,
+        nibble=nibble,
+        nudgify=nudgify,
+        custobar=custobar,
+        delivery=delivery,
+        max_in_flight=r.integer("MAX_IN_FLIGHT", 2000, minimum=1, maximum=1_000_000),
+        commit_interval_ms=r.integer("COMMIT_INTERVAL_MS", 1000, minimum=10, maximum=60_000),
+        shutdown_grace_s=r.number("SHUTDOWN_GRACE_S", 30.0, minimum=0.1, maximum=3600),
+        health_port=health_port or None,
+        log_format=r.text("LOG_FORMAT", "auto").lower(),
+        log_level=r.text("LOG_LEVEL", "info").lower(),
+        resend=r.flag("RESEND", False),
+    )
+    if settings.log_format not in ("auto", "json", "console"):
+        raise ConfigError(f"{PREFIX}LOG_FORMAT must be auto, json or console")
+    if not settings.ledger_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(f"{PREFIX}LEDGER_URL must be sqlite:///<path> or postgresql://...")
+    unknown = sorted(
+        k
+        for k in env
+        if k.startswith(PREFIX) and not k.startswith(KAFKA_PASSTHROUGH) and k not in r.used
+    )
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (see README: Configuration)")
+    return settings
+
+
+def _check_vendors(
+    nibble: NibbleSettings, nudgify: NudgifySettings, custobar: CustobarSettings
+) -> None:
+    missing: list[str] = []
+    if nibble.enabled:
+        missing += [
+            f"NIBBLE_{n}"
+            for n, v in (("API_KEY", nibble.api_key), ("API_SECRET", nibble.api_secret))
+            if v is None
+        ]
+    if nudgify.enabled:
+        missing += [
+            f"NUDGIFY_{n}"
+            for n, v in (("API_KEY", nudgify.api_key), ("SITE_KEY", nudgify.site_key))
+            if v is None
+        ]
+    if custobar.enabled:
+        if custobar.base_url is None:
+            missing.append("CUSTOBAR_BASE_URL")
+        if custobar.auth not in ("token", "bearer", "basic"):
+            raise ConfigError(f"{PREFIX}CUSTOBAR_AUTH must be token, bearer or basic")
+        if custobar.auth == "basic":
+            if custobar.username is None:
+                missing.append("CUSTOBAR_USERNAME")
+            if custobar.password is None:
+                missing.append("CUSTOBAR_PASSWORD")
+        elif custobar.token is None:
+            missing.append("CUSTOBAR_TOKEN")
+    if missing:
+        names = ", ".join(PREFIX + m for m in missing)
+        raise ConfigError(
+            f"missing credentials: {names} (or the matching _FILE variable; "
+            "or disable the vendor with CONSUMER_<VENDOR>_ENABLED=false)"
+        )
+    if not (nibble.enabled or nudgify.enabled or custobar.enabled):
+        raise ConfigError("every destination is disabled: nothing to deliver")

@@ -1,0 +1,96 @@
+"""The one error tree of the service, grouped by what happens next.
+
+    ConsumerError
+    ├── ConfigError            start-up refuses to run; the message names the setting
+    ├── RecordError            this Kafka record cannot become an Order: dead-letter the record
+    │   ├── UndecodableError       bytes are not Avro of a known schema (incl. unknown schema id)
+    │   └── InvalidOrderError      valid Avro, but the order breaks a domain rule
+    ├── DeliveryError          raised by a vendor client for one request
+    │   ├── TransientError         retry with backoff (connect, timeout, 408, 425, 429, 5xx)
+    │   ├── RejectedError          the vendor refused (some of) the orders: dead-letter those for
+    │   │                          that destination; `culprits` names them when the vendor does
+    │   └── CredentialsError       401/403/402-plan: pause the destination, never dead-letter
+    ├── DeadLetterError        the dead-letter topic did not acknowledge: retry, never commit past
+    └── LedgerError            the ledger could not be read or written: retry, never send blind
+
+Third-party exceptions are wrapped where they enter (`raise ... from exc`).
+"""
+
+from __future__ import annotations
+
+
+class ConsumerError(Exception):
+    """Root of every error this service raises on purpose."""
+
+
+class ConfigError(ConsumerError):
+    """The settings are missing, malformed or unsafe."""
+
+
+class RecordError(ConsumerError):
+    """A Kafka record that cannot become an Order; it is dead-lettered, never retried."""
+
+    error_class = "record"
+
+
+class UndecodableError(RecordError):
+    error_class = "undecodable"
+
+
+class InvalidOrderError(RecordError):
+    error_class = "invalid_order"
+
+
+class DeliveryError(ConsumerError):
+    """One vendor request failed; the subclass says what to do next."""
+
+    error_class = "delivery"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TransientError(DeliveryError):
+    error_class = "transient"
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class RejectedError(DeliveryError):
+    """Permanent rejection. `culprits` are positions in the request's order list, when known.
+
+    Empty culprits means the vendor did not say which order was at fault: the caller bisects.
+    """
+
+    error_class = "rejected"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        culprits: dict[int, str] | None = None,
+    ) -> None:
+        super().__init__(message, status=status)
+        self.culprits: dict[int, str] = culprits or {}
+
+
+class CredentialsError(DeliveryError):
+    error_class = "credentials"
+
+
+class DeadLetterError(ConsumerError):
+    """The dead-letter topic did not acknowledge a write."""
+
+
+class LedgerError(ConsumerError):
+    """The ledger could not be read or written."""
