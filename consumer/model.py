@@ -101,7 +101,7 @@ class Skip:
 
 @dataclass(frozen=True, slots=True)
 class Invalid:
-    """This order's data cannot satisfy this vendor's contract: dead-letter it for this destination."""
+    """The order cannot satisfy this vendor's contract: dead-letter it for this destination."""
 
     reason: str
 
