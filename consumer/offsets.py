@@ -1,0 +1,47 @@
+"""Which offsets may be committed: per partition, the highest *contiguous* completed offset + 1.
+
+Records of one partition finish out of order (batches, retries, slow vendors); the committed
+offset must never pass a record that is still in flight, or a crash would lose it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class PartitionProgress:
+    """Offsets started and finished on one partition, for one assignment of it.
+
+    A new object is made each time the partition is assigned, so a late completion from a
+    previous assignment lands on an orphaned object and cannot move the new one.
+    """
+
+    __slots__ = ("_done", "_started", "committable", "revoked", "stored")
+
+    def __init__(self) -> None:
+        self._started: deque[int] = deque()
+        self._done: set[int] = set()
+        self.committable: int | None = None  # next offset to commit, once anything finished
+        self.stored: int | None = None
+        self.revoked = False
+
+    def start(self, offset: int) -> None:
+        self._started.append(offset)
+
+    def finish(self, offset: int) -> None:
+        self._done.add(offset)
+        started, done = self._started, self._done
+        while started and started[0] in done:
+            head = started.popleft()
+            done.discard(head)
+            self.committable = head + 1
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._started)
+
+    def unstored(self) -> int | None:
+        """The committable offset if it moved since it was last stored."""
+        if self.committable is not None and self.committable != self.stored:
+            return self.committable
+        return None
