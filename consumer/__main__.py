@@ -1,0 +1,82 @@
+"""Command line: `consumer run` (the service), `sandbox`, `demo`, `status`.
+
+`python -m consumer run` is the production entry point; it is configured by CONSUMER_*
+environment variables (see README: Configuration) and stops cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+from consumer import config, logs
+from consumer.errors import ConfigError, ConsumerError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "sandbox":
+        from consumer.sandbox.__main__ import main as sandbox_main
+
+        return sandbox_main(args[1:])
+    if args and args[0] == "demo":
+        from consumer.demo import main as demo_main
+
+        return demo_main(args[1:])
+    parser = argparse.ArgumentParser(prog="consumer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="consume the topic and deliver to the vendors")
+    run.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                     help="exit once caught up and idle this long (batch jobs, demo)")  # fmt: skip
+    sub.add_parser("status", help="ledger figures, incl. the open window")
+    sub.add_parser("sandbox", help="run the vendor sandbox (see `consumer sandbox --help`)")
+    sub.add_parser("demo", help="broker + sandbox + sample orders + consumer, then a summary")
+    parsed = parser.parse_args(args)
+    try:
+        settings = config.load()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
+    try:
+        if parsed.command == "status":
+            return asyncio.run(_status(settings))
+        return asyncio.run(_run(settings, idle_exit_s=parsed.idle_exit))
+    except ConsumerError as exc:
+        logs.get_logger("consumer").error("consumer.failed", error=str(exc))
+        return 1
+
+
+async def _run(settings: config.Settings, *, idle_exit_s: float | None) -> int:
+    from consumer.bootstrap import build_service
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    service = await build_service(settings)
+    await service.run(stop, idle_exit_s=idle_exit_s)
+    summary = service.pipeline.metrics.summary()
+    logs.get_logger("consumer").info("consumer.summary", outcomes=summary)
+    return 0
+
+
+async def _status(settings: config.Settings) -> int:
+    from consumer.ledger import open_ledger
+
+    ledger = await open_ledger(settings.ledger_url)
+    try:
+        stats = await ledger.stats()
+    finally:
+        await ledger.close()
+    print(json.dumps({"ledger": settings.ledger_url.split("@")[-1], "delivered": stats.delivered,
+                      "dead_lettered": stats.dead_lettered, "claimed_not_completed": stats.claimed,
+                      "open_window_taken_over": stats.open_window}, indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
