@@ -12,6 +12,8 @@ from consumer.logs import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")
+# A vendor asking for more than an hour is misbehaving; we retry then, and it may ask again.
+RETRY_AFTER_CAP_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +28,7 @@ class Backoff:
         step = min(self.maximum_s, self.initial_s * self.multiplier ** min(attempt, 32))
         jittered = step / 2 + random.uniform(0, step / 2)
         if retry_after is not None:
-            return max(jittered, min(retry_after, self.maximum_s * 10))
+            return max(jittered, min(retry_after, RETRY_AFTER_CAP_S))
         return jittered
 
 

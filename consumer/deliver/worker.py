@@ -196,8 +196,9 @@ class DestinationWorker:
     async def _deliver(self, batch: list[_Pending]) -> None:
         attempt = 0
         while batch:
-            await self._open.wait()
-            if attempt:
+            if attempt == 0:
+                await self._open.wait()  # paused: a batch already failing is the one that probes
+            else:
                 batch = await self._renew(batch)
                 if not batch:
                     return

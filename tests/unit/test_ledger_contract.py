@@ -41,9 +41,7 @@ def test_a_delivered_order_is_never_claimed_again(ledger) -> None:  # type: igno
 def test_a_live_claim_is_waited_on_and_an_expired_one_is_taken_over(ledger) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         await ledger.claim("custobar", [req("7")], owner=A, lease_s=0.2)
-        assert await ledger.claim("custobar", [req("7")], owner=B, lease_s=60) == {
-            "7": State.BUSY
-        }
+        assert await ledger.claim("custobar", [req("7")], owner=B, lease_s=60) == {"7": State.BUSY}
         await asyncio.sleep(0.25)
         assert await ledger.claim("custobar", [req("7")], owner=B, lease_s=60) == {
             "7": State.CLAIMED
