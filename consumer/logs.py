@@ -73,6 +73,18 @@ class Redactor:
 REDACTOR = Redactor()
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (test capture, reconfigured streams)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure(*, level: str = "info", fmt: str = "auto", secrets: Iterable[str] = ()) -> None:
     """Configure structlog and the stdlib root logger (librdkafka, httpx, uvicorn go through it)."""
     REDACTOR.set_secrets(secrets)
@@ -104,8 +116,10 @@ def configure(*, level: str = "info", fmt: str = "auto", secrets: Iterable[str] 
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(formatter)
+    # logging's own error report prints the unformatted record, bypassing the redactor.
+    logging.raiseExceptions = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
