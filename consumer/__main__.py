@@ -1,4 +1,4 @@
-"""Command line: `consumer run` (the service), `sandbox`, `demo`, `status`.
+"""Command line: `consumer run` (the service), `sandbox`, `demo`, `status`, `rewind`.
 
 `python -m consumer run` is the production entry point; it is configured by CONSUMER_*
 environment variables (see README: Configuration) and stops cleanly on SIGTERM/SIGINT.
@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                      help="exit once caught up and idle this long (batch jobs, demo)")  # fmt: skip
     sub.add_parser("status", help="ledger figures, incl. the open window")
+    rewind = sub.add_parser("rewind", help="move the (stopped) group's offsets to replay")
+    rewind.add_argument("target", help="earliest | latest | offset:N | time:<ISO 8601 with zone>")
+    rewind.add_argument("--partition", type=int, action="append", dest="partitions",
+                        help="only this partition (repeatable); default: all")  # fmt: skip
     sub.add_parser("sandbox", help="run the vendor sandbox (see `consumer sandbox --help`)")
     sub.add_parser("demo", help="broker + sandbox + sample orders + consumer, then a summary")
     parsed = parser.parse_args(args)
@@ -44,6 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if parsed.command == "status":
             return asyncio.run(_status(settings))
+        if parsed.command == "rewind":
+            from consumer.rewind import rewind as rewind_group
+
+            try:
+                moved = rewind_group(settings, parsed.target, parsed.partitions)
+            except ValueError as exc:
+                print(f"rewind: {exc}", file=sys.stderr)
+                return 2
+            print(json.dumps({"topic": settings.topic, "group": settings.group_id,
+                              "committed": moved}))  # fmt: skip
+            return 0
         return asyncio.run(_run(settings, idle_exit_s=parsed.idle_exit))
     except ConsumerError as exc:
         logs.get_logger("consumer").error("consumer.failed", error=str(exc))

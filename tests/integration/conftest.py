@@ -1,0 +1,187 @@
+"""Integration fixtures: one real Kafka broker per session, the vendor sandbox per module, and
+helpers to produce orders and run the consumer in-process or as a real OS process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from consumer import config
+from consumer.devenv.kafka import create_topic, kafka_cluster
+from consumer.devenv.samples import encode_schemaless, load_schema, produce, sample_orders
+from consumer.sandbox.control import SandboxControl, run_sandbox_in_thread
+from consumer.sandbox.settings import SandboxSettings
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> Iterator[str]:
+    with kafka_cluster() as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def sandbox_settings() -> SandboxSettings:
+    return SandboxSettings()
+
+
+@pytest.fixture(scope="module")
+def sandbox_url(sandbox_settings: SandboxSettings) -> Iterator[str]:
+    with run_sandbox_in_thread(sandbox_settings) as url:
+        yield url
+
+
+@pytest.fixture
+def sandbox(sandbox_url: str) -> Iterator[SandboxControl]:
+    control = SandboxControl(sandbox_url)
+    control.reset()
+    yield control
+    control.reset()
+
+
+@dataclass
+class Stage:
+    """A fresh topic pair, group and ledger for one test, with the env the consumer needs."""
+
+    bootstrap: str
+    sandbox_url: str
+    creds: SandboxSettings
+    tmp: Path
+    partitions: int = 3
+    name: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+
+    def __post_init__(self) -> None:
+        self.topic = f"orders-{self.name}"
+        self.dlq = f"orders-{self.name}.dlq"
+        self.group = f"group-{self.name}"
+        self.ledger_path = self.tmp / f"ledger-{self.name}.sqlite3"
+        create_topic(self.bootstrap, self.topic, partitions=self.partitions)
+        create_topic(self.bootstrap, self.dlq, partitions=1)
+        self.schema = load_schema()
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        c = self.creds
+        env = {
+            "CONSUMER_BOOTSTRAP_SERVERS": self.bootstrap,
+            "CONSUMER_TOPIC": self.topic,
+            "CONSUMER_DEAD_LETTER_TOPIC": self.dlq,
+            "CONSUMER_GROUP_ID": self.group,
+            "CONSUMER_LEDGER_URL": f"sqlite:///{self.ledger_path}",
+            "CONSUMER_IDEMPOTENCY_SECRET": "integration-test-secret-0123456789",
+            "CONSUMER_NIBBLE_BASE_URL": f"{self.sandbox_url}/nibble",
+            "CONSUMER_NIBBLE_API_KEY": c.nibble_api_key,
+            "CONSUMER_NIBBLE_API_SECRET": c.nibble_api_secret,
+            "CONSUMER_NUDGIFY_BASE_URL": f"{self.sandbox_url}/nudgify",
+            "CONSUMER_NUDGIFY_API_KEY": c.nudgify_api_key,
+            "CONSUMER_NUDGIFY_SITE_KEY": c.nudgify_site_key,
+            "CONSUMER_CUSTOBAR_BASE_URL": f"{self.sandbox_url}/custobar",
+            "CONSUMER_CUSTOBAR_TOKEN": c.custobar_token,
+            "CONSUMER_BATCH_LINGER_MS": "20",
+            "CONSUMER_RETRY_INITIAL_S": "0.05",
+            "CONSUMER_RETRY_MAX_S": "0.5",
+            "CONSUMER_CREDENTIALS_RETRY_S": "0.3",
+            "CONSUMER_COMMIT_INTERVAL_MS": "200",
+            "CONSUMER_HTTP_TIMEOUT_S": "5",
+            "CONSUMER_LOG_FORMAT": "json",
+        }
+        env.update(overrides)
+        return env
+
+    def settings(self, **overrides: str) -> config.Settings:
+        return config.load(self.env(**overrides))
+
+    def produce_orders(self, count: int, *, seed: int = 1, prefix: str | None = None,
+                       extra: list[tuple[bytes | None, bytes]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        orders = sample_orders(count, seed=seed, prefix=prefix or f"T{self.name[:4]}")
+        produce(self.bootstrap, self.topic, orders,
+                encode=lambda r: encode_schemaless(r, self.schema), extra=extra or [])  # fmt: skip
+        return orders
+
+    def committed(self) -> dict[int, int]:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group})
+        try:
+            parts = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+            return {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
+        finally:
+            consumer.close()
+
+    def end_offsets(self) -> dict[int, int]:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "probe"})
+        try:
+            return {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+                    for p in range(self.partitions)}  # fmt: skip
+        finally:
+            consumer.close()
+
+    def dead_letters(self, expected: int, timeout_s: float = 20) -> list[Any]:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"dlq-{uuid.uuid4()}",
+                             "auto.offset.reset": "earliest"})  # fmt: skip
+        consumer.subscribe([self.dlq])
+        found: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(found) < expected and time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is not None and message.error() is None:
+                    found.append(message)
+            end = time.monotonic() + 1.0  # and nothing more than expected
+            while time.monotonic() < end:
+                message = consumer.poll(0.2)
+                if message is not None and message.error() is None:
+                    found.append(message)
+        finally:
+            consumer.close()
+        return found
+
+    def run_in_process(self, *, idle_exit_s: float = 2.0, timeout_s: float = 120,
+                       **overrides: str) -> dict[str, dict[str, int]]:  # fmt: skip
+        """Run the service on this thread until caught up and idle; returns its outcomes."""
+        from consumer.bootstrap import build_service
+
+        async def main() -> dict[str, dict[str, int]]:
+            service = await build_service(self.settings(**overrides))
+            stop = asyncio.Event()
+            asyncio.get_running_loop().call_later(timeout_s, stop.set)
+            await service.run(stop, idle_exit_s=idle_exit_s)
+            return service.pipeline.metrics.summary()
+
+        return asyncio.run(main())
+
+    def spawn(self, *, log_path: Path | None = None, idle_exit_s: float | None = None,
+              **overrides: str) -> subprocess.Popen[bytes]:  # fmt: skip
+        """A real consumer OS process (for SIGKILL/SIGTERM/SIGSTOP scenarios)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUMER_")}
+        env.update(self.env(**overrides))
+        args = [sys.executable, "-m", "consumer", "run"]
+        if idle_exit_s is not None:
+            args += ["--idle-exit", str(idle_exit_s)]
+        out = (log_path or self.tmp / f"consumer-{uuid.uuid4().hex[:6]}.log").open("ab")
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+@pytest.fixture
+def stage(bootstrap: str, sandbox_url: str, sandbox_settings: SandboxSettings, sandbox: SandboxControl,
+          tmp_path: Path) -> Stage:  # fmt: skip
+    return Stage(bootstrap, sandbox_url, sandbox_settings, tmp_path)
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
