@@ -1,0 +1,1 @@
+"""Local development environment: a real Kafka broker, a PostgreSQL server, sample orders."""

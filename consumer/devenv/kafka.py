@@ -1,0 +1,268 @@
+"""A real single-node Apache Kafka broker (KRaft, combined broker + controller) on loopback,
+started from the official jars that Maven resolves from Maven Central: no Docker needed.
+
+Used by the tests, the demo and the benchmark alike. `kafka_cluster()` yields bootstrap
+servers: `KAFKA_BOOTSTRAP_SERVERS` if set (start nothing), testcontainers if asked for and a
+Docker engine answers, else a `LocalKafka`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+KAFKA_VERSION = "4.1.1"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "local-kafka"
+READY_TIMEOUT_S = 90.0
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ORDER_CONSUMER_CACHE", Path.home() / ".cache" / "order-consumer"))
+
+
+def ensure_kafka_jars(cache_dir: Path | None = None) -> Path:
+    """Resolve the broker's jars once (Maven, from Maven Central); return the lib directory."""
+    lib = (cache_dir or cache_root() / f"kafka-{KAFKA_VERSION}") / "lib"
+    marker = lib / ".complete"
+    if marker.exists():
+        return lib
+    print(f"Resolving Apache Kafka {KAFKA_VERSION} jars into {lib} (first run only)…",
+          file=sys.stderr)  # fmt: skip
+    lib.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mvn", "-q", "-B", "-f", str(DEPLOY / "pom.xml"), "dependency:copy-dependencies",
+         f"-DoutputDirectory={lib}"],
+        check=True,
+    )  # fmt: skip
+    marker.write_text(KAFKA_VERSION)
+    return lib
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+class LocalKafka:
+    """One broker process. A persistent `data_dir` survives `restart()` and new instances."""
+
+    def __init__(self, data_dir: Path | None = None, *, port: int | None = None,
+                 heap: str = "512m") -> None:  # fmt: skip
+        self._temporary = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="local-kafka-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or self._saved_port() or free_port()
+        self.controller_port = free_port()
+        self._heap = heap
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _saved_port(self) -> int | None:
+        saved = self.data_dir / "port"
+        return int(saved.read_text()) if saved.exists() else None
+
+    def _write_config(self) -> Path:
+        properties = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
+                         f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "logs"),
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "5",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.flush.interval.messages": "1",  # a killed broker keeps acknowledged records
+        }  # fmt: skip
+        path = self.data_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+        return path
+
+    def _java(self, main_class: str, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
+        lib = ensure_kafka_jars()
+        command = [
+            "java", f"-Xmx{self._heap}", "-Xms128m", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true", f"-Dkafka.logs.dir={self.data_dir}",
+            f"-Dlog4j2.configurationFile={DEPLOY / 'log4j2.properties'}",
+            "-cp", f"{lib}/*", main_class, *args,
+        ]  # fmt: skip
+        return subprocess.Popen(command, **popen)
+
+    def _format(self, config: Path) -> None:
+        if (self.data_dir / "logs" / "meta.properties").exists():
+            return  # already formatted: keep the cluster id, topics and committed offsets
+        with (self.data_dir / "format.log").open("wb") as out:
+            formatter = self._java("kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c",
+                                   str(config), "--standalone", stdout=out, stderr=out)  # fmt: skip
+            if formatter.wait(timeout=120) != 0:
+                raise RuntimeError(f"kafka storage format failed:\n{self._tail('format.log')}")
+
+    def start(self) -> LocalKafka:
+        config = self._write_config()
+        self._format(config)
+        (self.data_dir / "port").write_text(str(self.port))
+        out = (self.data_dir / "stdout.log").open("ab")
+        self._process = self._java("kafka.Kafka", str(config), stdout=out, stderr=out,
+                                   start_new_session=True)  # fmt: skip
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        # librdkafka would print every refused connection while the JVM boots: stay quiet.
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise RuntimeError(f"Kafka exited early:\n{self._tail('stdout.log')}\n"
+                                   f"{self._tail('broker.log')}")  # fmt: skip
+            try:
+                metadata = admin.list_topics(timeout=2)
+                if metadata.brokers:
+                    return
+            except KafkaException:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"Kafka not ready in {READY_TIMEOUT_S}s:\n{self._tail('broker.log')}")
+
+    def _tail(self, name: str, lines: int = 30) -> str:
+        path = self.data_dir / name
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def restart(self, *, hard: bool = False) -> None:
+        """Same port, same data: clients reconnect to the same address."""
+        self.kill() if hard else self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._temporary:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalKafka:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _docker_available() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=3).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@contextlib.contextmanager
+def kafka_cluster(data_dir: Path | None = None) -> Iterator[str]:
+    """Bootstrap servers of a broker to use: existing, testcontainers, or a local one."""
+    existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if existing:
+        yield existing
+        return
+    if os.environ.get("ORDER_CONSUMER_USE_TESTCONTAINERS") == "1" and _docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    with LocalKafka(data_dir) as broker:
+        yield broker.bootstrap_servers
+
+
+def create_topic(bootstrap: str, name: str, partitions: int, replication: int = 1,
+                 config: dict[str, str] | None = None) -> None:  # fmt: skip
+    """Create a topic and wait for it; an existing topic is fine."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    futures = admin.create_topics([NewTopic(name, partitions, replication, config=config or {})])
+    try:
+        futures[name].result(timeout=30)
+    except KafkaException as exc:
+        if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+            raise
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        topic = admin.list_topics(name, timeout=5).topics.get(name)
+        if topic is not None and topic.error is None and len(topic.partitions) == partitions:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"topic {name} not visible after creation")
+
+
+def delete_topic(bootstrap: str, name: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    with contextlib.suppress(KafkaException):
+        admin.delete_topics([name])[name].result(timeout=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a local single-node Kafka broker.")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    broker = LocalKafka(args.data_dir, port=args.port).start()
+    print(f"Kafka ready: bootstrap servers {broker.bootstrap_servers} (Ctrl-C stops it)")
+    stop = signal.sigwait if hasattr(signal, "sigwait") else None
+    try:
+        if stop is not None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            stop({signal.SIGINT, signal.SIGTERM})
+    finally:
+        broker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
