@@ -235,7 +235,14 @@ def _kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
     for key, value in env.items():
         if not key.startswith(KAFKA_PASSTHROUGH):
             continue
-        name = key[len(KAFKA_PASSTHROUGH) :].lower().replace("_", ".")
+        name = key[len(KAFKA_PASSTHROUGH) :]
+        if name.endswith("_FILE"):  # e.g. CONSUMER_KAFKA__SASL_PASSWORD_FILE
+            name = name.removesuffix("_FILE")
+            try:
+                value = Path(value).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{key}: cannot read {value}: {exc.strerror}") from exc
+        name = name.lower().replace("_", ".")
         if name in RESERVED_KAFKA_SETTINGS:
             raise ConfigError(f"{key}: {name} is managed by the service and cannot be overridden")
         settings[name] = value

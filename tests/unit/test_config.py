@@ -84,3 +84,11 @@ def test_the_idempotency_secret_is_required() -> None:
     env = {k: v for k, v in BASE.items() if k != "CONSUMER_IDEMPOTENCY_SECRET"}
     with pytest.raises(ConfigError, match="IDEMPOTENCY_SECRET"):
         load(env)
+
+
+def test_kafka_secrets_can_come_from_files_and_are_scrubbed_from_logs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    password = tmp_path / "kafka-password"
+    password.write_text("kafka-sasl-s3cret\n")
+    settings = load({**BASE, "CONSUMER_KAFKA__SASL_PASSWORD_FILE": str(password)})
+    assert settings.kafka["sasl.password"] == "kafka-sasl-s3cret"
+    assert "kafka-sasl-s3cret" in settings.secrets()
