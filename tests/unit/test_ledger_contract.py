@@ -1,5 +1,5 @@
-"""The ledger contract, run against every backend available (SQLite here; PostgreSQL joins
-through the `ledger_factory` fixture when a server is available)."""
+"""The ledger contract, run against every backend: the `ledger` fixture is parametrized over
+SQLite and PostgreSQL (a real server, a fresh database per test; see conftest.py)."""
 
 from __future__ import annotations
 
