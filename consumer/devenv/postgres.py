@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import psycopg
 from psycopg import sql
@@ -83,6 +83,7 @@ class LocalPostgres:
         self.database = database
         self._bin = find_bin_dir()
         self._as_owner: list[str] = []
+        self._watchdog: subprocess.Popen[bytes] | None = None
         if os.geteuid() == 0:
             self._as_owner = self._owner_prefix()
 
@@ -142,9 +143,23 @@ class LocalPostgres:
                     f"PostgreSQL did not start:\n{done.stdout}{done.stderr}\n{self._tail()}"
                 )
             self.port = free_port()
+        self._watch()
         self._wait_ready()
         self._create_database()
         return self
+
+    def _watch(self) -> None:
+        """pg_ctl detaches the server: stop it should this process die without stopping it
+        (kill -9, a cancelled CI job), so no orphan outlives the tests."""
+        script = 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; shift; "$@"'
+        stop = [*self._as_owner, str(self._bin / "pg_ctl"), "stop", "-D", str(self.data_dir),
+                "-m", "fast"]  # fmt: skip
+        cleanup = ["rm", "-rf", str(self.base_dir)] if self._temporary else ["true"]
+        script += "; " + " ".join(shlex.quote(part) for part in cleanup)
+        self._watchdog = subprocess.Popen(
+            ["sh", "-c", script, "watchdog", str(os.getpid()), *stop],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
 
     @property
     def log_file(self) -> Path:
@@ -177,6 +192,10 @@ class LocalPostgres:
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
+            self._watchdog = None
         if (self.data_dir / "postmaster.pid").exists():
             self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w")
 
@@ -220,7 +239,8 @@ def with_schema(url: str, schema: str) -> str:
     if url.startswith(("postgresql://", "postgres://")):
         parts = urlsplit(url)
         query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
-        return parts._replace(query=urlencode([*query, ("options", options)])).geturl()
+        query.append(("options", options))  # libpq decodes %20, not "+"
+        return parts._replace(query=urlencode(query, quote_via=quote)).geturl()
     return make_conninfo(url, options=options)
 
 
