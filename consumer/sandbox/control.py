@@ -1,0 +1,144 @@
+"""Run the sandbox (in a thread, or as its own process) and drive its `/_sandbox` control API."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from consumer.sandbox.app import build_app
+from consumer.sandbox.settings import SandboxSettings
+
+
+class SandboxControl:
+    """A small synchronous client of the control API."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 30) -> None:
+        self._client = httpx.Client(base_url=f"{base_url.rstrip('/')}/_sandbox", timeout=timeout_s)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._client.request(method, path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def health(self) -> bool:
+        try:
+            return bool(self._json("GET", "/health")["status"] == "ok")
+        except httpx.HTTPError:
+            return False
+
+    def reset(self) -> None:
+        self._json("POST", "/reset")
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = self._json("GET", "/stats")
+        return result
+
+    def records(self, vendor: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", f"/records/{vendor}")
+        return result
+
+    def request_sizes(self, vendor: str) -> list[int]:
+        result: list[int] = self._json("GET", f"/request-sizes/{vendor}")
+        return result
+
+    def set_faults(self, vendor: str, **faults: Any) -> None:
+        """Replace the vendor's faults (see `state.Faults` for the names)."""
+        self._json("PUT", f"/faults/{vendor}", json=faults)
+
+    def clear_faults(self) -> None:
+        self._json("DELETE", "/faults")
+
+    def finish_session(self, nibble_id: str, **outcome: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._json(
+            "POST", f"/nibble/sessions/{nibble_id}/finish", json=outcome
+        )
+        return result
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def server_for(settings: SandboxSettings) -> uvicorn.Server:
+    config = uvicorn.Config(
+        build_app(settings),
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+        backlog=1024,
+    )
+    return uvicorn.Server(config)
+
+
+@contextmanager
+def run_sandbox_in_thread(settings: SandboxSettings, port: int = 0) -> Iterator[str]:
+    """The sandbox on a loopback port in a daemon thread; yields its base URL."""
+    sock = bind(port=port)
+    server = server_for(settings)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the vendor sandbox did not start")
+        time.sleep(0.02)
+    host, bound_port = sock.getsockname()
+    try:
+        yield f"http://{host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@contextmanager
+def spawn_sandbox(
+    settings_args: list[str] | None = None, *, log: Path | None = None
+) -> Iterator[str]:
+    """The sandbox as its own OS process (so it competes for CPU like a real vendor would)."""
+    sock = bind()
+    port = sock.getsockname()[1]
+    sock.close()
+    out = log.open("ab") if log else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [sys.executable, "-m", "consumer", "sandbox", "--port", str(port), *(settings_args or [])],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    control = SandboxControl(url, timeout_s=2)
+    try:
+        deadline = time.monotonic() + 30
+        while not control.health():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the vendor sandbox process did not start (exit {process.poll()})"
+                )
+            time.sleep(0.1)
+        yield url
+    finally:
+        control.close()
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
