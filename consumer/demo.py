@@ -20,8 +20,13 @@ from typing import Any
 
 from consumer import config, logs
 from consumer.devenv.kafka import create_topic, kafka_cluster
-from consumer.devenv.samples import encode_confluent, load_schema, produce, register_schema
-from consumer.devenv.samples import sample_orders
+from consumer.devenv.samples import (
+    encode_confluent,
+    load_schema,
+    produce,
+    register_schema,
+    sample_orders,
+)
 from consumer.sandbox.control import SandboxControl, run_sandbox_in_thread
 from consumer.sandbox.settings import SandboxSettings
 

@@ -210,6 +210,7 @@ class Runner:
     # Rebalance callbacks: called from inside consume(), on this thread.
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned_once = True
+        self.last_message_at = time.monotonic()  # idle counts from when there is work to fetch
         for partition in partitions:
             self._progress[(partition.topic, partition.partition)] = PartitionProgress()
         if self._paused and partitions:

@@ -138,9 +138,9 @@ class LocalKafka:
         config = self._write_config()
         self._format(config)
         (self.data_dir / "port").write_text(str(self.port))
-        out = (self.data_dir / "stdout.log").open("ab")
-        self._process = self._java("kafka.Kafka", str(config), stdout=out, stderr=out,
-                                   start_new_session=True)  # fmt: skip
+        with (self.data_dir / "stdout.log").open("ab") as out:  # the child keeps its own copy
+            self._process = self._java("kafka.Kafka", str(config), stdout=out, stderr=out,
+                                       start_new_session=True)  # fmt: skip
         self._wait_ready()
         return self
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -117,12 +118,17 @@ def spawn_sandbox(
     sock = bind()
     port = sock.getsockname()[1]
     sock.close()
-    out = log.open("ab") if log else subprocess.DEVNULL
-    process = subprocess.Popen(
-        [sys.executable, "-m", "consumer", "sandbox", "--port", str(port), *(settings_args or [])],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "consumer",
+        "sandbox",
+        "--port",
+        str(port),
+        *(settings_args or []),
+    ]
+    with log.open("ab") if log else open(os.devnull, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     control = SandboxControl(url, timeout_s=2)
     try:

@@ -50,6 +50,7 @@ def sandbox(sandbox_url: str) -> Iterator[SandboxControl]:
     control.reset()
     yield control
     control.reset()
+    control.close()
 
 
 @dataclass
@@ -168,8 +169,8 @@ class Stage:
         args = [sys.executable, "-m", "consumer", "run"]
         if idle_exit_s is not None:
             args += ["--idle-exit", str(idle_exit_s)]
-        out = (log_path or self.tmp / f"consumer-{uuid.uuid4().hex[:6]}.log").open("ab")
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        with (log_path or self.tmp / f"consumer-{uuid.uuid4().hex[:6]}.log").open("ab") as out:
+            return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def test_every_order_reaches_every_destination_and_offsets_commit_to_the_end(
     # Batches fill across records and partitions: far fewer requests than orders.
     stats = sandbox.stats()
     assert stats["nibble"]["requests"] <= 300 / 50 * 3
-    assert all(len(batch) <= 50 for batch in sandbox.request_sizes("nibble"))
+    assert max(sandbox.request_sizes("nibble")) <= 50
 
 
 def test_replaying_the_topic_from_offset_zero_sends_nothing_twice(
