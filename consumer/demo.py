@@ -112,8 +112,10 @@ def print_summary(summary: dict[str, dict[str, int]], stats: dict[str, Any], roo
         summary.get(d, {}).get("delivered", 0) for d in ("nibble", "nudgify", "custobar")
     )
     if delivered == 0:
-        print("Nothing new was delivered: every order was already in the ledger "
-              f"({root / 'ledger.sqlite3'}). That is the idempotency guarantee at work.")  # fmt: skip
+        print(
+            "Nothing new was delivered: every order was already in the ledger "
+            f"({root / 'ledger.sqlite3'}). That is the idempotency guarantee at work."
+        )
     print("\nvendor sandbox (this run):")
     for vendor, figures in stats.items():
         print(f"  {vendor:<9} {figures}")

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from consumer import faultpoints
 from consumer.decode import Decoder
 from consumer.deliver.retry import Backoff, T, persist
 from consumer.deliver.worker import DestinationWorker, Outcome
@@ -111,9 +112,9 @@ class Pipeline:
         except RecordError as exc:
             log.warning("record.undecodable", partition=record.partition, offset=record.offset,
                         error_class=exc.error_class, error=str(exc))  # fmt: skip
-            await self._dead_letter(record, DeadLetter(RECORD, exc.error_class, str(exc)))
-            self.metrics.count(RECORD, "dead_lettered")
-            return {RECORD: "dead_lettered"}
+            outcome = await self._dead_letter_record(record, exc)
+            self.metrics.count(RECORD, outcome)
+            return {RECORD: outcome}
         results = await asyncio.gather(*(self._deliver(w, order, record) for w in self.workers))
         outcomes = {w.name: r for w, r in zip(self.workers, results, strict=True)}
         self.metrics.records_done += 1
@@ -157,12 +158,24 @@ class Pipeline:
             return "dead_lettered"
         return delivered.outcome.value
 
+    async def _dead_letter_record(self, record: RawRecord, exc: RecordError) -> str:
+        """A record no destination can read: dead-lettered once, keyed by its coordinates (it
+        has no order number), so a replay or a crash before the commit does not repeat it."""
+        key = f"{record.topic}/{record.partition}@{record.offset}"
+        states = await self._ledger_call(lambda: self._ledger.states(RECORD, [key]))
+        if states.get(key) is State.DEAD_LETTERED:
+            return "already_dead_lettered"
+        await self._dead_letter(record, DeadLetter(RECORD, exc.error_class, str(exc)))
+        await self._record_dead_letter(RECORD, key, str(exc))
+        return "dead_lettered"
+
     async def _record_dead_letter(self, destination: str, order_number: str, reason: str) -> None:
         await self._ledger_call(
             lambda: self._ledger.mark_dead_lettered(
                 destination, order_number, REDACTOR.scrub(reason)[:500], owner=self._owner
             )
         )
+        faultpoints.reached("after_dead_letter")
 
     async def _dead_letter(self, record: RawRecord, letter: DeadLetter) -> None:
         """Write the dead letter, retrying until Kafka acknowledges: the offset waits for it."""

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from consumer import faultpoints
 from consumer.deliver.destination import Destination, Outbound
 from consumer.deliver.http import idempotency_key
 from consumer.deliver.retry import Backoff, persist
@@ -224,7 +225,9 @@ class DestinationWorker:
                 batch = await self._isolate(batch, exc)
                 attempt = 0
                 continue
+            faultpoints.reached("after_vendor_accepted")
             await self._delivered(batch)
+            faultpoints.reached("after_ledger_write")
             return
 
     async def _isolate(self, batch: list[_Pending], exc: RejectedError) -> list[_Pending]:

@@ -129,8 +129,10 @@ class LocalKafka:
         if (self.data_dir / "logs" / "meta.properties").exists():
             return  # already formatted: keep the cluster id, topics and committed offsets
         with (self.data_dir / "format.log").open("wb") as out:
-            formatter = self._java("kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c",
-                                   str(config), "--standalone", stdout=out, stderr=out)  # fmt: skip
+            formatter = self._java(
+                "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
+                "-c", str(config), "--standalone", stdout=out, stderr=out,
+            )  # fmt: skip
             if formatter.wait(timeout=120) != 0:
                 raise RuntimeError(f"kafka storage format failed:\n{self._tail('format.log')}")
 

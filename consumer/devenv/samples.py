@@ -101,7 +101,9 @@ def sample_order(index: int, rng: random.Random, *, prefix: str = "SO") -> dict[
         "shop_id": rng.choice(("web", "app")),
         "payment_method": rng.choice(("card", "paypal", "invoice")),
         "shipping_method": rng.choice(("post", "courier", "pickup")),
-        "nibble_session_token": f"sess-{rng.getrandbits(48):012x}" if negotiated or rng.random() < 0.85 else None,
+        "nibble_session_token": (
+            f"sess-{rng.getrandbits(48):012x}" if negotiated or rng.random() < 0.85 else None
+        ),
         "cart_nibble_id": f"NBC{index:06d}" if negotiated and rng.random() < 0.3 else None,
         "tags": ["demo"],
         "custom_fields": {"channel": rng.choice(("organic", "ads"))},

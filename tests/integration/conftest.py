@@ -104,8 +104,14 @@ class Stage:
     def settings(self, **overrides: str) -> config.Settings:
         return config.load(self.env(**overrides))
 
-    def produce_orders(self, count: int, *, seed: int = 1, prefix: str | None = None,
-                       extra: list[tuple[bytes | None, bytes]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    def produce_orders(
+        self,
+        count: int,
+        *,
+        seed: int = 1,
+        prefix: str | None = None,
+        extra: list[tuple[bytes | None, bytes]] | None = None,
+    ) -> list[dict[str, Any]]:
         orders = sample_orders(count, seed=seed, prefix=prefix or f"T{self.name[:4]}")
         produce(self.bootstrap, self.topic, orders,
                 encode=lambda r: encode_schemaless(r, self.schema), extra=extra or [])  # fmt: skip
@@ -174,8 +180,13 @@ class Stage:
 
 
 @pytest.fixture
-def stage(bootstrap: str, sandbox_url: str, sandbox_settings: SandboxSettings, sandbox: SandboxControl,
-          tmp_path: Path) -> Stage:  # fmt: skip
+def stage(
+    bootstrap: str,
+    sandbox_url: str,
+    sandbox_settings: SandboxSettings,
+    sandbox: SandboxControl,
+    tmp_path: Path,
+) -> Stage:
     return Stage(bootstrap, sandbox_url, sandbox_settings, tmp_path)
 
 

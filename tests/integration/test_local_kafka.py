@@ -20,8 +20,14 @@ def test_a_restarted_broker_keeps_topics_records_and_committed_offsets() -> None
         for n in range(10):
             producer.produce(topic, key=str(n).encode(), value=b"v%d" % n)
         assert producer.flush(10) == 0
-        consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": group,
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
+        consumer = Consumer(
+            {
+                "bootstrap.servers": broker.bootstrap_servers,
+                "group.id": group,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         consumer.subscribe([topic])
         seen = []
         while len(seen) < 10:

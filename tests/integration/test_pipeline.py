@@ -1,4 +1,4 @@
-"""The end-to-end flow on a real broker: consume → decode → transform → deliver → ledger → commit."""
+"""The end-to-end flow on a real broker: decode → transform → deliver → ledger → commit."""
 
 from __future__ import annotations
 

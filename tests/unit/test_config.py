@@ -71,7 +71,7 @@ def test_kafka_settings_pass_through_to_librdkafka() -> None:
 
 
 def test_settings_the_commit_guarantee_depends_on_cannot_be_overridden() -> None:
-    with pytest.raises(ConfigError, match="enable.auto.offset.store"):
+    with pytest.raises(ConfigError, match=r"enable\.auto\.offset\.store"):
         load({**BASE, "CONSUMER_KAFKA__ENABLE_AUTO_OFFSET_STORE": "true"})
 
 

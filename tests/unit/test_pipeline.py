@@ -67,7 +67,7 @@ def build(ledger: Ledger, vendors: list[Vendor], sink: MemoryDeadLetters) -> Pip
             backoff=FAST,
             credentials_retry_s=0.01,
             lease_s=60,
-        )  # fmt: skip
+        )
         for v in vendors
     ]
     decoder = Decoder(reader_schema=SCHEMA, writer_schema=SCHEMA)
