@@ -97,6 +97,10 @@ class Stage:
             "CONSUMER_COMMIT_INTERVAL_MS": "200",
             "CONSUMER_HTTP_TIMEOUT_S": "5",
             "CONSUMER_LOG_FORMAT": "json",
+            # A killed member leaves the group after this, not librdkafka's 45 s default, so
+            # a restarted consumer gets its partitions back quickly.
+            "CONSUMER_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "CONSUMER_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
         }
         env.update(overrides)
         return env
