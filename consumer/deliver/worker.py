@@ -222,6 +222,11 @@ class DestinationWorker:
                 attempt += 1
                 continue
             except RejectedError as exc:
+                # The vendor judged the orders, so it accepted the credentials: a pause is over.
+                # (Left closed, the isolated rest and bisected halves would wait on the gate
+                # below with nobody left to probe: the destination would stall for good.)
+                self._open.set()
+                self.health.set("ok")
                 batch = await self._isolate(batch, exc)
                 attempt = 0
                 continue

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
-import httpx
 
 from consumer.model import Order, Payload
 from consumer.sandbox.control import run_sandbox_in_thread
@@ -171,20 +171,20 @@ def test_nibble_session_errors_are_the_documented_ones(client: httpx.Client) -> 
     assert (created.status_code, created.json()) == (
         400,
         {"errorMessage": "productId must be specified"},
-    )  # noqa: E501
+    )
     no_id = client.get("/nibble/v1/session/", headers=NIBBLE_AUTH)
     assert (no_id.status_code, no_id.json()) == (
         400,
         {"errorMessage": "sessionId must be specified"},
-    )  # noqa: E501
+    )
     assert client.get("/nibble/v1/session/AB1934", headers=NIBBLE_AUTH).status_code == 404
     unauthorized = client.get(
         "/nibble/v1/session/AB1934", headers={"X-Api-Key": CREDS.nibble_api_key}
-    )  # noqa: E501
+    )
     assert (unauthorized.status_code, unauthorized.json()) == (
         401,
         {"errorMessage": "API Secret is not valid."},
-    )  # noqa: E501
+    )
 
 
 def test_unknown_nibble_paths_answer_like_its_api_gateway(client: httpx.Client) -> None:
@@ -192,7 +192,7 @@ def test_unknown_nibble_paths_answer_like_its_api_gateway(client: httpx.Client) 
     assert (response.status_code, response.json()) == (
         403,
         {"message": "Missing Authentication Token"},
-    )  # noqa: E501
+    )
 
 
 NUDGIFY_FIELD_ERRORS = [
@@ -269,7 +269,7 @@ CUSTOBAR_ERRORS = [
     ({"unit_price": None, "sale_total": None}, "unit_price is mandatory for every sale row"),
     ({"unit_price": 12.5}, "unit_price must be an integer amount in cents"),
     ({"sale_state": "CANCELED"}, "sale_state must be one of NEW, PENDING_PAYMENT, PROCESSING, COMPLETE, CANCELLED, CLOSED, HOLDED"),  # noqa: E501
-    ({"sale_currency": "USD"}, "sale_currency must be defined together with sale_exchange_rate"),  # noqa: E501
+    ({"sale_currency": "USD"}, "sale_currency must be defined together with sale_exchange_rate"),
     ({"sale_exchange_rage": 1.1}, "unknown field 'sale_exchange_rage'"),
     ({"sale_date": "yesterday"}, "sale_date must be a date or an ISO 8601 date and time"),
 ]  # fmt: skip
@@ -308,7 +308,7 @@ def test_a_rate_limited_vendor_answers_429_with_retry_after(client: httpx.Client
 
 def test_a_named_order_is_rejected_on_demand_with_the_vendors_own_error(
     client: httpx.Client,
-) -> None:  # noqa: E501
+) -> None:
     client.put("/_sandbox/faults/nudgify", json={"reject_orders": ["1111"]})
     body = golden("nudgify_purchases.doc-example.json")
     response = client.post("/nudgify/api/purchases", json=body, headers=NUDGIFY_AUTH)
@@ -354,7 +354,7 @@ def _post_all(client: httpx.Client, order: Order) -> None:
 
 @settings(
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)  # noqa: E501
+)
 @given(order=orders())
 def test_every_payload_our_transforms_make_is_accepted(client: httpx.Client, order: Order) -> None:
     _post_all(client, order)
