@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 KAFKA_POM := deploy/local-kafka/pom.xml
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars lint typecheck unit integration test demo run sandbox status clean
+.PHONY: help install kafka-jars postgres-server lint typecheck unit integration chaos test demo run sandbox status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ install: $(INSTALLED) ## create .venv and install the service with its dev tools
 kafka-jars: $(INSTALLED) ## resolve the Apache Kafka broker jars from Maven Central (cached)
 	$(BIN)/python -c 'from consumer.devenv.kafka import ensure_kafka_jars; print(ensure_kafka_jars())'
 
+postgres-server: ## make sure PostgreSQL server binaries exist (apt-get on Debian if missing)
+	@if [ -z "$$ORDER_CONSUMER_POSTGRES_URL" ]; then deploy/postgres/ensure-server.sh; fi
+
 lint: $(INSTALLED) ## ruff check + format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -33,10 +36,13 @@ typecheck: $(INSTALLED) ## mypy --strict on the package
 unit: $(INSTALLED) ## fast tests, no network
 	$(BIN)/pytest tests/unit
 
-integration: $(INSTALLED) kafka-jars ## tests against a real Kafka broker and the vendor sandbox
+integration: $(INSTALLED) kafka-jars postgres-server ## real broker, sandbox and PostgreSQL
 	$(BIN)/pytest tests/integration
 
-test: $(INSTALLED) kafka-jars lint typecheck ## the whole suite (what CI runs)
+chaos: $(INSTALLED) kafka-jars postgres-server ## the fault-injection scenarios, 5x the orders
+	CHAOS_SCALE=$${CHAOS_SCALE:-5} $(BIN)/pytest -m chaos tests/integration/chaos
+
+test: $(INSTALLED) kafka-jars postgres-server lint typecheck ## the whole suite (what CI runs)
 	$(BIN)/pytest
 
 demo: $(INSTALLED) kafka-jars ## broker + sandbox + sample orders + consumer, then a summary

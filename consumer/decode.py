@@ -76,7 +76,7 @@ class SchemaRegistry:
             except httpx.TransportError as exc:
                 log.warning("registry.unreachable", schema_id=schema_id, error=type(exc).__name__)
             else:
-                if response.status_code == 404:
+                if response.status_code == 404 and _error_code(response) == SCHEMA_NOT_FOUND:
                     raise UndecodableError(f"unknown schema id {schema_id}")
                 if response.status_code == 200:
                     try:
@@ -87,6 +87,17 @@ class SchemaRegistry:
             # The registry being down is not the record's fault: wait, never dead-letter.
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self._retry_max_s)
+
+
+SCHEMA_NOT_FOUND = 40403  # a plain 404 is a wrong registry URL: wait for a fix, never dead-letter
+
+
+def _error_code(response: httpx.Response) -> int | None:
+    try:
+        code = response.json().get("error_code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, int) else None
 
 
 class Decoder:

@@ -11,7 +11,7 @@ find_initdb() {
   command -v initdb || true
 }
 
-found="$(find_initdb | head -n 1)"
+found="$(find_initdb)"; found="${found%%$'\n'*}"
 if [[ -n "$found" ]]; then
   echo "PostgreSQL server binaries present: $(dirname "$found")"
   exit 0
@@ -38,7 +38,7 @@ if [[ -f "$conf" ]]; then
 fi
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 
-found="$(find_initdb | head -n 1)"
+found="$(find_initdb)"; found="${found%%$'\n'*}"
 if [[ -z "$found" ]]; then
   echo "Installed the postgresql package but still found no initdb." >&2
   exit 1
