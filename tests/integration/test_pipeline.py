@@ -161,3 +161,29 @@ def test_confluent_wire_format_with_a_schema_registry(
     assert outcomes["*"]["dead_lettered"] == 1
     assert b"unknown schema id" in dict(stage.dead_letters(1)[0].headers())["dlq.error.message"]
     assert_each_delivered_once(sandbox, orders)
+
+
+def test_one_bad_order_in_a_batch_is_dead_lettered_for_that_vendor_and_the_rest_delivered_once(
+    stage: Stage, sandbox: SandboxControl
+) -> None:
+    orders = stage.produce_orders(120, seed=21)
+    expected = expected_keys(orders)
+    bad_nibble = sorted(expected["nibble"])[7]  # Nibble names no sale: found by bisection
+    bad_nudgify = sorted(expected["nudgify"])[3]  # Nudgify names orders.N: removed exactly
+    bad_custobar = sorted(expected["custobar"])[11]  # Custobar names no row: bisection
+    sandbox.set_faults("nibble", reject_orders=[bad_nibble])
+    sandbox.set_faults("nudgify", reject_orders=[bad_nudgify])
+    sandbox.set_faults("custobar", reject_orders=[bad_custobar])
+    outcomes = stage.run_in_process()
+    got = delivered_keys(sandbox)
+    for vendor, bad in (("nibble", bad_nibble), ("nudgify", bad_nudgify),
+                        ("custobar", bad_custobar)):  # fmt: skip
+        assert sorted(got[vendor]) == sorted(expected[vendor] - {bad}), vendor
+        assert outcomes[vendor]["dead_lettered"] == 1, vendor
+    headers = [dict(m.headers()) for m in stage.dead_letters(expected=3)]
+    letters = {h["dlq.destination"].decode(): h for h in headers}
+    assert set(letters) == {"nibble", "nudgify", "custobar"}
+    assert b"was rejected" in letters["nibble"]["dlq.error.message"]  # Nibble's errorMessage
+    assert b"Email does not match" in letters["nudgify"]["dlq.error.message"]
+    assert b"rejected by the sandbox" in letters["custobar"]["dlq.error.message"]
+    assert stage.committed() == stage.end_offsets()
