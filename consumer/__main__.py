@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as exc:
                 print(f"rewind: {exc}", file=sys.stderr)
                 return 2
+            stats = asyncio.run(_ledger_stats(settings))
             print(json.dumps({"topic": settings.topic, "group": settings.group_id,
-                              "committed": moved}))  # fmt: skip
+                              "committed": moved, "ledger": stats}))  # fmt: skip
             return 0
         return asyncio.run(_run(settings, idle_exit_s=parsed.idle_exit))
     except ConsumerError as exc:
@@ -79,7 +80,8 @@ async def _run(settings: config.Settings, *, idle_exit_s: float | None) -> int:
     return 0
 
 
-async def _status(settings: config.Settings) -> int:
+async def _ledger_stats(settings: config.Settings) -> dict[str, int]:
+    """The ledger's figures; the open window is what a replay cannot vouch for."""
     from consumer.ledger import open_ledger
 
     ledger = await open_ledger(settings.ledger_url)
@@ -87,9 +89,15 @@ async def _status(settings: config.Settings) -> int:
         stats = await ledger.stats()
     finally:
         await ledger.close()
-    print(json.dumps({"ledger": settings.ledger_url.split("@")[-1], "delivered": stats.delivered,
-                      "dead_lettered": stats.dead_lettered, "claimed_not_completed": stats.claimed,
-                      "open_window_taken_over": stats.open_window}, indent=2))  # fmt: skip
+    return {"delivered": stats.delivered, "dead_lettered": stats.dead_lettered,
+            "claimed_not_completed": stats.claimed,
+            "open_window_taken_over": stats.open_window}  # fmt: skip
+
+
+async def _status(settings: config.Settings) -> int:
+    stats = await _ledger_stats(settings)
+    location = settings.ledger_url.split("@")[-1]  # never the credentials part of a URL
+    print(json.dumps({"ledger": location, **stats}, indent=2))
     return 0
 
 

@@ -154,6 +154,11 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.used: set[str] = set()
+        self.problems: list[str] = []
+
+    def fail(self, message: str) -> None:
+        """Note a problem and carry on, so one start reports every problem at once."""
+        self.problems.append(message)
 
     def raw(self, name: str) -> str | None:
         key = PREFIX + name
@@ -172,14 +177,13 @@ class _Reader:
         file_key = name + "_FILE"
         path = self.raw(file_key)
         if direct and path:
-            raise ConfigError(f"set either {PREFIX}{name} or {PREFIX}{file_key}, not both")
+            self.fail(f"set either {PREFIX}{name} or {PREFIX}{file_key}, not both")
         if path:
             try:
                 return Secret(Path(path).read_text(encoding="utf-8").strip())
             except OSError as exc:
-                raise ConfigError(
-                    f"{PREFIX}{file_key}: cannot read {path}: {exc.strerror}"
-                ) from exc
+                self.fail(f"{PREFIX}{file_key}: cannot read {path}: {exc.strerror}")
+                return None
         return Secret(direct) if direct else None
 
     def flag(self, name: str, default: bool) -> bool:
@@ -190,7 +194,8 @@ class _Reader:
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{PREFIX}{name} must be true or false, got {value!r}")
+        self.fail(f"{PREFIX}{name} must be true or false, got {value!r}")
+        return default
 
     def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
         value = self.raw(name)
@@ -199,16 +204,29 @@ class _Reader:
         try:
             number = float(value)
         except ValueError:
-            raise ConfigError(f"{PREFIX}{name} must be a number, got {value!r}") from None
+            self.fail(f"{PREFIX}{name} must be a number, got {value!r}")
+            return default
         if not minimum <= number <= maximum:
-            raise ConfigError(f"{PREFIX}{name} must be between {minimum} and {maximum}")
+            self.fail(f"{PREFIX}{name} must be between {minimum} and {maximum}")
+            return default
         return number
 
     def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
         number = self.number(name, default, minimum=minimum, maximum=maximum)
         if number != int(number):
-            raise ConfigError(f"{PREFIX}{name} must be a whole number")
+            self.fail(f"{PREFIX}{name} must be a whole number")
+            return default
         return int(number)
+
+    def url(self, name: str, default: str | None) -> str | None:
+        value = self.raw(name) or default
+        if value is None:
+            return None
+        try:
+            return _vendor_url(name, value)
+        except ConfigError as exc:
+            self.fail(str(exc))
+            return value
 
 
 def _vendor_url(name: str, url: str) -> str:
@@ -230,7 +248,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
+def _kafka_passthrough(env: Mapping[str, str], r: _Reader) -> dict[str, str]:
     settings: dict[str, str] = {}
     for key, value in env.items():
         if not key.startswith(KAFKA_PASSTHROUGH):
@@ -241,10 +259,12 @@ def _kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
             try:
                 value = Path(value).read_text(encoding="utf-8").strip()
             except OSError as exc:
-                raise ConfigError(f"{key}: cannot read {value}: {exc.strerror}") from exc
+                r.fail(f"{key}: cannot read {value}: {exc.strerror}")
+                continue
         name = name.lower().replace("_", ".")
         if name in RESERVED_KAFKA_SETTINGS:
-            raise ConfigError(f"{key}: {name} is managed by the service and cannot be overridden")
+            r.fail(f"{key}: {name} is managed by the service and cannot be overridden")
+            continue
         settings[name] = value
     return settings
 
@@ -255,31 +275,29 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     r = _Reader(env)
     bootstrap = r.optional("BOOTSTRAP_SERVERS") or env.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
-        raise ConfigError(f"{PREFIX}BOOTSTRAP_SERVERS is required (host:port[,host:port])")
+        r.fail(f"{PREFIX}BOOTSTRAP_SERVERS is required (host:port[,host:port])")
     registry = r.optional("SCHEMA_REGISTRY_URL")
     avro_format = r.text("AVRO_FORMAT", "confluent" if registry else "schemaless")
     if avro_format not in ("confluent", "schemaless"):
-        raise ConfigError(f"{PREFIX}AVRO_FORMAT must be confluent or schemaless")
+        r.fail(f"{PREFIX}AVRO_FORMAT must be confluent or schemaless")
     if avro_format == "confluent" and not registry:
-        raise ConfigError(f"{PREFIX}AVRO_FORMAT=confluent needs {PREFIX}SCHEMA_REGISTRY_URL")
+        r.fail(f"{PREFIX}AVRO_FORMAT=confluent needs {PREFIX}SCHEMA_REGISTRY_URL")
     writer_schema = Path(r.text("WRITER_SCHEMA", str(PACKAGED_SCHEMA)))
     reader_schema = Path(r.text("READER_SCHEMA", str(PACKAGED_SCHEMA)))
     for label, path in (("WRITER_SCHEMA", writer_schema), ("READER_SCHEMA", reader_schema)):
         if not path.is_file():
-            raise ConfigError(f"{PREFIX}{label}: no schema file at {path}")
+            r.fail(f"{PREFIX}{label}: no schema file at {path}")
 
     idempotency_secret = r.secret("IDEMPOTENCY_SECRET")
     if idempotency_secret is None or len(idempotency_secret.reveal()) < 16:
-        raise ConfigError(
+        r.fail(
             f"{PREFIX}IDEMPOTENCY_SECRET is required (at least 16 characters): it keys the "
             "Idempotency-Key header sent to vendors"
         )
 
     nibble = NibbleSettings(
         enabled=r.flag("NIBBLE_ENABLED", True),
-        base_url=_vendor_url(
-            "NIBBLE_BASE_URL", r.text("NIBBLE_BASE_URL", "https://api.nibble.website")
-        ),
+        base_url=r.url("NIBBLE_BASE_URL", "https://api.nibble.website") or "",
         api_key=r.secret("NIBBLE_API_KEY"),
         api_secret=r.secret("NIBBLE_API_SECRET"),
         report_all_sales=r.flag("NIBBLE_REPORT_ALL_SALES", True),
@@ -287,17 +305,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     )
     nudgify = NudgifySettings(
         enabled=r.flag("NUDGIFY_ENABLED", True),
-        base_url=_vendor_url(
-            "NUDGIFY_BASE_URL", r.text("NUDGIFY_BASE_URL", "https://app.nudgify.com")
-        ),
+        base_url=r.url("NUDGIFY_BASE_URL", "https://app.nudgify.com") or "",
         api_key=r.secret("NUDGIFY_API_KEY"),
         site_key=r.optional("NUDGIFY_SITE_KEY"),
         batch_size=r.integer("NUDGIFY_BATCH_SIZE", 100, minimum=1, maximum=1000),
     )
-    custobar_url = r.optional("CUSTOBAR_BASE_URL")
     custobar = CustobarSettings(
         enabled=r.flag("CUSTOBAR_ENABLED", True),
-        base_url=_vendor_url("CUSTOBAR_BASE_URL", custobar_url) if custobar_url else None,
+        base_url=r.url("CUSTOBAR_BASE_URL", None),
         auth=r.text("CUSTOBAR_AUTH", "token").lower(),
         token=r.secret("CUSTOBAR_TOKEN"),
         username=r.optional("CUSTOBAR_USERNAME"),
@@ -306,7 +321,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         company=r.text("CUSTOBAR_COMPANY", "COMPANY").upper(),
         batch_size=r.integer("CUSTOBAR_BATCH_SIZE", 200, minimum=1, maximum=2000),
     )
-    _check_vendors(nibble, nudgify, custobar)
+    _check_vendors(r, nibble, nudgify, custobar)
 
     delivery = DeliverySettings(
         http_timeout_s=r.number("HTTP_TIMEOUT_S", 15.0, minimum=0.1, maximum=300),
@@ -319,17 +334,17 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     )
     health_port = r.integer("HEALTH_PORT", 0, minimum=0, maximum=65535)
     settings = Settings(
-        bootstrap_servers=bootstrap,
+        bootstrap_servers=bootstrap or "",
         topic=r.text("TOPIC", "order-completed"),
         group_id=r.text("GROUP_ID", "order-consumer"),
         dead_letter_topic=r.text("DEAD_LETTER_TOPIC", "order-completed.dlq"),
-        kafka=_kafka_passthrough(env),
+        kafka=_kafka_passthrough(env, r),
         schema_registry_url=registry.rstrip("/") if registry else None,
         avro_format=avro_format,
         writer_schema=writer_schema,
         reader_schema=reader_schema,
         ledger_url=r.text("LEDGER_URL", "sqlite:///order-consumer-ledger.sqlite3"),
-        idempotency_secret=idempotency_secret,
+        idempotency_secret=idempotency_secret or Secret(""),
         nibble=nibble,
         nudgify=nudgify,
         custobar=custobar,
@@ -343,21 +358,23 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         resend=r.flag("RESEND", False),
     )
     if settings.log_format not in ("auto", "json", "console"):
-        raise ConfigError(f"{PREFIX}LOG_FORMAT must be auto, json or console")
+        r.fail(f"{PREFIX}LOG_FORMAT must be auto, json or console")
     if not settings.ledger_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ConfigError(f"{PREFIX}LEDGER_URL must be sqlite:///<path> or postgresql://...")
+        r.fail(f"{PREFIX}LEDGER_URL must be sqlite:///<path> or postgresql://...")
     unknown = sorted(
         k
         for k in env
         if k.startswith(PREFIX) and not k.startswith(KAFKA_PASSTHROUGH) and k not in r.used
     )
     if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (see README: Configuration)")
+        r.fail(f"unknown setting(s): {', '.join(unknown)} (see README: Configuration)")
+    if r.problems:
+        raise ConfigError("\n  ".join(r.problems))
     return settings
 
 
 def _check_vendors(
-    nibble: NibbleSettings, nudgify: NudgifySettings, custobar: CustobarSettings
+    r: _Reader, nibble: NibbleSettings, nudgify: NudgifySettings, custobar: CustobarSettings
 ) -> None:
     missing: list[str] = []
     if nibble.enabled:
@@ -376,7 +393,7 @@ def _check_vendors(
         if custobar.base_url is None:
             missing.append("CUSTOBAR_BASE_URL")
         if custobar.auth not in ("token", "bearer", "basic"):
-            raise ConfigError(f"{PREFIX}CUSTOBAR_AUTH must be token, bearer or basic")
+            r.fail(f"{PREFIX}CUSTOBAR_AUTH must be token, bearer or basic")
         if custobar.auth == "basic":
             if custobar.username is None:
                 missing.append("CUSTOBAR_USERNAME")
@@ -386,9 +403,9 @@ def _check_vendors(
             missing.append("CUSTOBAR_TOKEN")
     if missing:
         names = ", ".join(PREFIX + m for m in missing)
-        raise ConfigError(
+        r.fail(
             f"missing credentials: {names} (or the matching _FILE variable; "
             "or disable the vendor with CONSUMER_<VENDOR>_ENABLED=false)"
         )
     if not (nibble.enabled or nudgify.enabled or custobar.enabled):
-        raise ConfigError("every destination is disabled: nothing to deliver")
+        r.fail("every destination is disabled: nothing to deliver")

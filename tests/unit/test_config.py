@@ -92,3 +92,14 @@ def test_kafka_secrets_can_come_from_files_and_are_scrubbed_from_logs(tmp_path) 
     settings = load({**BASE, "CONSUMER_KAFKA__SASL_PASSWORD_FILE": str(password)})
     assert settings.kafka["sasl.password"] == "kafka-sasl-s3cret"
     assert "kafka-sasl-s3cret" in settings.secrets()
+
+
+def test_every_problem_is_reported_at_once_so_one_restart_fixes_them_all() -> None:
+    env = {**BASE, "CONSUMER_NIBBLE_BASE_URL": "http://nibble.example", "CONSUMER_TYPO": "x",
+           "CONSUMER_MAX_IN_FLIGHT": "lots"}  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        load(env)
+    message = str(caught.value)
+    assert "https" in message
+    assert "CONSUMER_TYPO" in message
+    assert "CONSUMER_MAX_IN_FLIGHT must be a number" in message
