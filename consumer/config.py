@@ -357,6 +357,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         log_level=r.text("LOG_LEVEL", "info").lower(),
         resend=r.flag("RESEND", False),
     )
+    _check_kafka_tls(r, settings.kafka)
     if settings.log_format not in ("auto", "json", "console"):
         r.fail(f"{PREFIX}LOG_FORMAT must be auto, json or console")
     if not settings.ledger_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
@@ -409,3 +410,16 @@ def _check_vendors(
         )
     if not (nibble.enabled or nudgify.enabled or custobar.enabled):
         r.fail("every destination is disabled: nothing to deliver")
+
+
+def _check_kafka_tls(r: _Reader, kafka: Mapping[str, str]) -> None:
+    """Turning off broker certificate checks takes a second, explicit setting: a copied
+    librdkafka snippet must not do it silently."""
+    verification_off = kafka.get("enable.ssl.certificate.verification", "true").lower() in (
+        "false", "0",
+    ) or kafka.get("ssl.endpoint.identification.algorithm", "https").lower() == "none"  # fmt: skip
+    if verification_off and not r.flag("INSECURE_KAFKA_TLS", False):
+        r.fail(
+            "Kafka TLS certificate or host name verification is turned off by a KAFKA__ "
+            f"setting; set {PREFIX}INSECURE_KAFKA_TLS=true as well if that is really meant"
+        )

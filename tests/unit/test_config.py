@@ -103,3 +103,16 @@ def test_every_problem_is_reported_at_once_so_one_restart_fixes_them_all() -> No
     assert "https" in message
     assert "CONSUMER_TYPO" in message
     assert "CONSUMER_MAX_IN_FLIGHT must be a number" in message
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"CONSUMER_KAFKA__ENABLE_SSL_CERTIFICATE_VERIFICATION": "false"},
+        {"CONSUMER_KAFKA__SSL_ENDPOINT_IDENTIFICATION_ALGORITHM": "none"},
+    ],
+)
+def test_kafka_tls_verification_cannot_be_turned_off_by_accident(setting: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="INSECURE_KAFKA_TLS"):
+        load({**BASE, **setting})
+    assert load({**BASE, **setting, "CONSUMER_INSECURE_KAFKA_TLS": "true"}).kafka
