@@ -10,6 +10,7 @@ import io
 import json
 import random
 import struct
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -80,7 +81,8 @@ def sample_order(index: int, rng: random.Random, *, prefix: str = "SO") -> dict[
     has_email = rng.random() < 0.95
     return {
         "order_number": f"{prefix}-{100000 + index}",
-        "order_id": 500000 + index if rng.random() < 0.8 else None,
+        # Platform ids as unique across prefixes as the order numbers are.
+        "order_id": _id_base(prefix) + index if rng.random() < 0.8 else None,
         "completed_at": datetime(2026, 11, 1, tzinfo=UTC) + timedelta(minutes=7 * index),
         "currency": currency,
         "exchange_rate": Decimal(rate) if rate else None,
@@ -108,6 +110,10 @@ def sample_order(index: int, rng: random.Random, *, prefix: str = "SO") -> dict[
         "tags": ["demo"],
         "custom_fields": {"channel": rng.choice(("organic", "ads"))},
     }  # fmt: skip
+
+
+def _id_base(prefix: str) -> int:
+    return 500_000 + (zlib.crc32(prefix.encode()) % 100_000) * 1_000_000
 
 
 def sample_orders(
