@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
+import threading
 
 from consumer import config, logs
 from consumer.errors import ConfigError, ConsumerError
@@ -71,13 +73,37 @@ async def _run(settings: config.Settings, *, idle_exit_s: float | None) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+            _arm_shutdown_watchdog(settings.shutdown_grace_s + SHUTDOWN_CLOSE_ALLOWANCE_S)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     service = await build_service(settings)
     await service.run(stop, idle_exit_s=idle_exit_s)
     summary = service.pipeline.metrics.summary()
     logs.get_logger("consumer").info("consumer.summary", outcomes=summary)
     return 0
+
+
+SHUTDOWN_CLOSE_ALLOWANCE_S = 15.0
+EXIT_SHUTDOWN_TIMEOUT = 3
+
+
+def _arm_shutdown_watchdog(seconds: float) -> None:
+    """The shutdown is bounded even if a broker call hangs (a close during a stuck rebalance):
+    past the grace period plus an allowance for the final commit and close, exit anyway.
+    Nothing is lost: uncommitted records are re-read and the ledger skips what was sent."""
+
+    def expire() -> None:
+        logs.get_logger("consumer").error("consumer.shutdown_timeout", after_s=seconds)
+        os._exit(EXIT_SHUTDOWN_TIMEOUT)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 async def _ledger_stats(settings: config.Settings) -> dict[str, int]:
