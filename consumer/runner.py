@@ -177,22 +177,15 @@ class Runner:
             progress = self._progress[tp]
             if (offset := progress.unstored()) is not None:
                 stores.append((progress, TopicPartition(tp[0], tp[1], offset)))
-        if not stores:
-            return []
-        try:
-            self._consumer.store_offsets(offsets=[p for _, p in stores])
-        except KafkaException as exc:
-            # Some partition is no longer ours (e.g. we stalled and were fenced): store one by
-            # one so the partitions that are ours still advance, and drop the rest.
-            log.warning("offsets.store_rejected", error=str(exc))
-            return self._store_individually(stores)
-        for progress, partition in stores:
-            progress.stored = partition.offset
-        return [p for _, p in stores]
+        return self._store_individually(stores)
 
     def _store_individually(
         self, stores: list[tuple[PartitionProgress, TopicPartition]]
     ) -> list[TopicPartition]:
+        """One partition per call: librdkafka reports a *partial* failure of a multi-partition
+        store as success (the per-partition errors stay in its C list, which the Python binding
+        does not hand back), so only a single-partition store tells us whether it took. A
+        refused partition is no longer ours (we stalled and were fenced): drop it."""
         stored = []
         for progress, partition in stores:
             try:
