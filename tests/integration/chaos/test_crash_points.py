@@ -49,12 +49,18 @@ def test_a_crash_after_the_vendor_accepted_before_the_ledger_write_repeats_in_fl
     orders = stage.produce_orders(scaled(200))
     crash_then_restart(stage, sandbox, "after_vendor_accepted")
     # The one open window: what the vendors had accepted when the process died (every batch in
-    # flight then) is sent once more; no order twice more, nothing lost.
-    measure("13a. crash after 2xx, before ledger", stage, sandbox, orders,
-            allowed_duplicates=3 * len(orders))  # fmt: skip
+    # flight then) is sent once more; no order twice more, nothing lost. In flight per vendor
+    # is at most CONCURRENT_REQUESTS batches.
+    figures = measure("13a. crash after 2xx, before ledger", stage, sandbox, orders,
+                      allowed_duplicates=3 * len(orders))  # fmt: skip
+    settings = stage.settings()
+    batch = {"nibble": settings.nibble.batch_size, "nudgify": settings.nudgify.batch_size,
+             "custobar": settings.custobar.batch_size}  # fmt: skip
     for vendor in ("nibble", "nudgify", "custobar"):
         sent = Counter(record["key"] for record in sandbox.records(vendor))
         assert max(sent.values()) <= 2, vendor
+        in_flight_bound = settings.delivery.concurrent_requests * batch[vendor]
+        assert figures.duplicates[vendor] <= in_flight_bound, vendor
 
 
 def test_a_crash_after_the_ledger_write_but_before_the_commit_repeats_nothing(
