@@ -108,7 +108,9 @@ def print_summary(summary: dict[str, dict[str, int]], stats: dict[str, Any], roo
         row = summary.get(destination, {})
         print(f"{destination:<12}" + "".join(f"{row.get(c, 0):>22}" for c in columns))
     undecodable = summary.get("*", {}).get("dead_lettered", 0)
-    print(f"\nrecords dead-lettered before any destination (undecodable/invalid): {undecodable}")
+    earlier = summary.get("*", {}).get("already_dead_lettered", 0)
+    print(f"\nrecords dead-lettered before any destination (undecodable/invalid): {undecodable}"
+          + (f" (and {earlier} dead-lettered by an earlier run)" if earlier else ""))  # fmt: skip
     delivered = sum(
         summary.get(d, {}).get("delivered", 0) for d in ("nibble", "nudgify", "custobar")
     )
