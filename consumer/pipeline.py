@@ -135,17 +135,12 @@ class Pipeline:
             log.info("destination.skipped", reason=result.reason, **context)
             return "skipped"
         if isinstance(result, Invalid):
-            states = await self._ledger_call(
-                lambda: self._ledger.states(worker.name, [order.order_number])
-            )
-            if states.get(order.order_number) is State.DEAD_LETTERED:
-                return "already_dead_lettered"
-            log.warning("destination.invalid", reason=result.reason, **context)
             letter = DeadLetter(worker.name, "invalid_for_destination", result.reason,
                                 order_number=order.order_number)  # fmt: skip
-            await self._dead_letter(record, letter)
-            await self._record_dead_letter(worker.name, order.order_number, result.reason)
-            return "dead_lettered"
+            outcome = await self._dead_letter_once(record, letter, key=order.order_number)
+            if outcome == "dead_lettered":
+                log.warning("destination.invalid", reason=result.reason, **context)
+            return outcome
         for note in result.notes:
             log.info("transform.adjusted", note=note, **context)
         delivered = await worker.submit(order.order_number, result)
@@ -153,26 +148,36 @@ class Pipeline:
             error = delivered.error
             letter = DeadLetter(worker.name, error.error_class, error.message, error.status,
                                 delivered.attempts, order.order_number)  # fmt: skip
-            await self._dead_letter(record, letter)
-            await self._record_dead_letter(worker.name, order.order_number, error.message)
+            # No ledger check first: the worker just released this order's claim.
+            await self._dead_letter_and_record(record, letter, key=order.order_number)
             return "dead_lettered"
         return delivered.outcome.value
 
     async def _dead_letter_record(self, record: RawRecord, exc: RecordError) -> str:
-        """A record no destination can read: dead-lettered once, keyed by its coordinates (it
-        has no order number), so a replay or a crash before the commit does not repeat it."""
+        """A record no destination can read, keyed by its coordinates (it has no order
+        number)."""
         key = f"{record.topic}/{record.partition}@{record.offset}"
-        states = await self._ledger_call(lambda: self._ledger.states(RECORD, [key]))
+        letter = DeadLetter(RECORD, exc.error_class, str(exc))
+        return await self._dead_letter_once(record, letter, key=key)
+
+    async def _dead_letter_once(self, record: RawRecord, letter: DeadLetter, *, key: str) -> str:
+        """Dead-letter unless the ledger says it already was: a replay, or a crash before the
+        commit, does not repeat it."""
+        destination = letter.destination
+        states = await self._ledger_call(lambda: self._ledger.states(destination, [key]))
         if states.get(key) is State.DEAD_LETTERED:
             return "already_dead_lettered"
-        await self._dead_letter(record, DeadLetter(RECORD, exc.error_class, str(exc)))
-        await self._record_dead_letter(RECORD, key, str(exc))
+        await self._dead_letter_and_record(record, letter, key=key)
         return "dead_lettered"
 
-    async def _record_dead_letter(self, destination: str, order_number: str, reason: str) -> None:
+    async def _dead_letter_and_record(
+        self, record: RawRecord, letter: DeadLetter, *, key: str
+    ) -> None:
+        await self._dead_letter(record, letter)
+        reason = REDACTOR.scrub(letter.message)[:500]
         await self._ledger_call(
             lambda: self._ledger.mark_dead_lettered(
-                destination, order_number, REDACTOR.scrub(reason)[:500], owner=self._owner
+                letter.destination, key, reason, owner=self._owner
             )
         )
         faultpoints.reached("after_dead_letter")
