@@ -171,32 +171,27 @@ class Runner:
             progress.finish(record.offset)
 
     def _store_offsets(self, only: list[TP] | None = None) -> list[TopicPartition]:
+        """Store each partition's contiguous done offset, one partition per call: librdkafka
+        reports a *partial* failure of a multi-partition store as success (the per-partition
+        errors stay in its C list, which the Python binding does not hand back), so only a
+        single-partition store tells us whether it took. A refused partition is no longer ours
+        (we stalled and were fenced): drop it."""
         self._last_store = time.monotonic()
-        stores: list[tuple[PartitionProgress, TopicPartition]] = []
+        stored = []
         for tp in only if only is not None else list(self._progress):
             progress = self._progress[tp]
-            if (offset := progress.unstored()) is not None:
-                stores.append((progress, TopicPartition(tp[0], tp[1], offset)))
-        return self._store_individually(stores)
-
-    def _store_individually(
-        self, stores: list[tuple[PartitionProgress, TopicPartition]]
-    ) -> list[TopicPartition]:
-        """One partition per call: librdkafka reports a *partial* failure of a multi-partition
-        store as success (the per-partition errors stay in its C list, which the Python binding
-        does not hand back), so only a single-partition store tells us whether it took. A
-        refused partition is no longer ours (we stalled and were fenced): drop it."""
-        stored = []
-        for progress, partition in stores:
+            if (offset := progress.unstored()) is None:
+                continue
+            partition = TopicPartition(tp[0], tp[1], offset)
             try:
                 self._consumer.store_offsets(offsets=[partition])
             except KafkaException as exc:
                 log.warning("offsets.partition_rejected", partition=partition.partition,
                             offset=partition.offset, error=str(exc))  # fmt: skip
                 progress.revoked = True
-                self._progress.pop((partition.topic, partition.partition), None)
+                self._progress.pop(tp, None)
                 continue
-            progress.stored = partition.offset
+            progress.stored = offset
             stored.append(partition)
         return stored
 
