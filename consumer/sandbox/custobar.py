@@ -70,7 +70,7 @@ def check_rows(rows: Sequence[Any]) -> str | None:
         if (problem := check_row(row)) is not None:
             return f"sales[{index}]: {problem}"
     for sale_id, sale in transactions(rows).items():
-        merged = {k: v for row in sale for k, v in row.items()}
+        merged = _merged(sale)
         if ("sale_currency" in merged) != ("sale_exchange_rate" in merged):
             return f"sale {sale_id}: sale_currency must be defined together with sale_exchange_rate"
         for row in sale:
@@ -130,8 +130,13 @@ def transactions(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any
 
 def is_complete(sale: Sequence[dict[str, Any]]) -> bool:
     """Carries the transaction's mandatory `sale_date` and a customer identifier."""
-    merged = {k: v for row in sale for k, v in row.items()}
+    merged = _merged(sale)
     return "sale_date" in merged and any(merged.get(name) for name in CUSTOMER_IDS)
+
+
+def _merged(sale: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A transaction's fields, whichever of its rows carries them."""
+    return {k: v for row in sale for k, v in row.items()}
 
 
 def _is_date(value: str) -> bool:

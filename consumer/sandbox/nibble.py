@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.requests import Request
@@ -44,26 +45,16 @@ def check_sales(body: Any) -> str | None:
         return "sales must be a non-empty list"
     if len(sales) > MAX_SALES:
         return f"A maximum of {MAX_SALES} sales can be reported at a time"
-    for sale in sales:
-        error = check_sale(sale)
-        if error:
-            return error
-    return None
+    return _first_error(check_sale(sale) for sale in sales)
 
 
 def check_sale(sale: Any) -> str | None:
     if not isinstance(sale, dict):
         return "each sale must be an object"
-    for name in (
-        "purchase_date_time",
-        "session_token",
-        "order_number",
-        "currency_code",
-        "total_item_price",
-    ):
-        error = _required_string(sale, name)
-        if error:
-            return error
+    required = ("purchase_date_time", "session_token", "order_number", "currency_code",
+                "total_item_price")  # fmt: skip
+    if error := _first_error(_required_string(sale, name) for name in required):
+        return error
     if not ISO_DATETIME.fullmatch(sale["purchase_date_time"]):
         return "purchase_date_time must be an ISO 8601 date and time in UTC or with a time zone"
     if not CURRENCY.fullmatch(sale["currency_code"]):
@@ -77,18 +68,13 @@ def check_sale(sale: Any) -> str | None:
         return "items must be specified"
     if not isinstance(items, list) or not items:
         return "items must be a non-empty list"
-    for item in items:
-        error = check_item(item)
-        if error:
-            return error
-    return None
+    return _first_error(check_item(item) for item in items)
 
 
 def check_item(item: Any) -> str | None:
     if not isinstance(item, dict):
         return "each item must be an object"
-    error = _required_string(item, "product_id")
-    if error:
+    if error := _required_string(item, "product_id"):
         return error
     if item.get("variant_id") is not None and not isinstance(item["variant_id"], str):
         return "variant_id must be a string"
@@ -182,6 +168,11 @@ def session_view(session: dict[str, Any]) -> dict[str, Any]:
         view["additionalProducts"] = session.get("additionalProducts", [])
     view["payload"] = f"sandbox-signed.{session['nibbleId']}"
     return view
+
+
+def _first_error(errors: Iterable[str | None]) -> str | None:
+    """The first error, checking lazily: Nibble answers with one message."""
+    return next((error for error in errors if error), None)
 
 
 def _required_string(body: dict[str, Any], name: str) -> str | None:
