@@ -105,6 +105,12 @@ class Stage:
         env.update(overrides)
         return env
 
+    def process_env(self, **overrides: str) -> dict[str, str]:
+        """The environment of a consumer OS process: ours without CONSUMER_ leftovers."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUMER_")}
+        env.update(self.env(**overrides))
+        return env
+
     def settings(self, **overrides: str) -> config.Settings:
         return config.load(self.env(**overrides))
 
@@ -174,8 +180,7 @@ class Stage:
     def spawn(self, *, log_path: Path | None = None, idle_exit_s: float | None = None,
               **overrides: str) -> subprocess.Popen[bytes]:  # fmt: skip
         """A real consumer OS process (for SIGKILL/SIGTERM/SIGSTOP scenarios)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUMER_")}
-        env.update(self.env(**overrides))
+        env = self.process_env(**overrides)
         args = [sys.executable, "-m", "consumer", "run"]
         if idle_exit_s is not None:
             args += ["--idle-exit", str(idle_exit_s)]

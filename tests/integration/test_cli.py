@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,11 +15,10 @@ from tests.integration.expectations import expected_keys
 pytestmark = pytest.mark.integration
 
 
-def consumer_cli(stage: Stage, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUMER_")}
-    env.update(stage.env())
-    return subprocess.run([sys.executable, "-m", "consumer", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+def consumer_cli(stage: Stage, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "consumer", *args], cwd=ROOT,
+                          env=stage.process_env(**env), capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
 
 
 def test_status_reports_the_ledger_and_rewind_replays_without_sending_twice(
@@ -47,10 +45,8 @@ def test_status_reports_the_ledger_and_rewind_replays_without_sending_twice(
 
 
 def test_bad_settings_stop_the_service_at_start_naming_every_problem(stage: Stage) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUMER_")}
-    env.update(stage.env(CONSUMER_NIBBLE_BASE_URL="http://api.nibble.example", CONSUMER_TYPO="1"))
-    result = subprocess.run([sys.executable, "-m", "consumer", "run"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    result = consumer_cli(stage, "run", CONSUMER_NIBBLE_BASE_URL="http://api.nibble.example",
+                          CONSUMER_TYPO="1")  # fmt: skip
     assert result.returncode == 2
     assert "CONSUMER_TYPO" in result.stderr
     assert "https" in result.stderr

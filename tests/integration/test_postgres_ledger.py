@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from consumer.devenv.postgres import create_database, drop_database, postgres_server
+from consumer.devenv.postgres import create_database, drop_database
 from consumer.errors import LedgerError
 from consumer.ledger import ClaimRequest, State, open_ledger
 from consumer.ledger.postgres import MIGRATIONS, PostgresLedger, migrate
@@ -21,17 +21,11 @@ A, B, C = "instance-a", "instance-b", "instance-c"
 ORDERS = [f"order-{n:03d}" for n in range(200)]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with postgres_server() as url:
-        yield url
-
-
 @pytest.fixture
-def url(server: str) -> Iterator[str]:
+def url(postgres_url: str) -> Iterator[str]:
     database = f"ledger_it_{uuid.uuid4().hex[:12]}"
-    yield create_database(server, database)
-    drop_database(server, database)
+    yield create_database(postgres_url, database)
+    drop_database(postgres_url, database)
 
 
 def reqs(numbers: list[str]) -> list[ClaimRequest]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from consumer.devenv.postgres import create_schema, drop_schema, postgres_server
+from consumer.devenv.postgres import create_schema, drop_schema
 from consumer.ledger import Ledger
 from consumer.ledger.postgres import PostgresLedger
 from consumer.ledger.sqlite import SqliteLedger
@@ -45,13 +45,6 @@ class OpenedInTestLoop:
         opening, self._opening = self._opening, None
         if opening is not None and opening.done() and not opening.exception():
             await opening.result().close()
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """One PostgreSQL server for the session; it failing to start fails the postgres tests."""
-    with postgres_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

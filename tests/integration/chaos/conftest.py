@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from consumer.devenv.postgres import create_schema, drop_schema, postgres_server
+from consumer.devenv.postgres import create_schema, drop_schema
 from consumer.sandbox.control import SandboxControl
 from tests.integration.conftest import Stage
 from tests.integration.expectations import expected_keys
@@ -88,12 +88,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("chaos figures")
         for line in FIGURES:
             terminalreporter.write_line(line)
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    with postgres_server() as url:
-        yield url
 
 
 @pytest.fixture
