@@ -126,6 +126,11 @@ class Settings:
     resend: bool = False
     instance_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
 
+    def destination_group(self, destination: str) -> str:
+        """The consumer group of one destination: each commits its own offsets, so one vendor's
+        outage never holds back another's (`order-consumer` → `order-consumer-nibble`)."""
+        return f"{self.group_id}-{destination}"
+
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, so the log redactor can scrub them wherever they appear."""
         found = [

@@ -7,9 +7,14 @@
     │   └── InvalidOrderError      valid Avro, but the order breaks a domain rule
     ├── DeliveryError          raised by a vendor client for one request
     │   ├── TransientError         retry with backoff (connect, timeout, 408, 425, 429, 5xx)
+    │   ├── FailedRequestError     the request failed for its orders, maybe not for good (Nudgify
+    │   │                          409 conflict, 402 "request failed"): a bounded number of
+    │   │                          retries, then treated as a RejectedError of those orders
     │   ├── RejectedError          the vendor refused (some of) the orders: dead-letter those for
     │   │                          that destination; `culprits` names them when the vendor does
-    │   └── CredentialsError       401/403/402-plan: pause the destination, never dead-letter
+    │   └── PauseError             pause the destination, probe slowly, never dead-letter
+    │       ├── CredentialsError       401/403/402-plan: the vendor refuses the credentials/account
+    │       └── MisconfiguredError     3xx, 404/405, unknown statuses: URL or setting is wrong
     ├── DeadLetterError        the dead-letter topic did not acknowledge: retry, never commit past
     └── LedgerError            the ledger could not be read or written: retry, never send blind
 
@@ -84,8 +89,41 @@ class RejectedError(DeliveryError):
         self.culprits: dict[int, str] = culprits or {}
 
 
-class CredentialsError(DeliveryError):
+class FailedRequestError(DeliveryError):
+    """The vendor failed the request for its orders without blaming the credentials, in a way
+    that may or may not last (Nudgify 409 "conflicts with another request", 402 "the parameters
+    were valid but the request failed"). Retried a bounded number of times, then the orders are
+    isolated and dead-lettered with `error_class`: never an endless loop, never a pause."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_class: str = "request_failed",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status)
+        self.error_class = error_class
+        self.retry_after = retry_after
+
+
+class PauseError(DeliveryError):
+    """Nothing sent to this vendor can succeed until someone fixes something outside the order:
+    pause the destination (offsets held), probe slowly, never dead-letter."""
+
+    error_class = "paused"
+
+
+class CredentialsError(PauseError):
     error_class = "credentials"
+
+
+class MisconfiguredError(PauseError):
+    """A redirect, a missing endpoint or a status the vendor does not document: the base URL,
+    host or a setting is wrong. Redirects are never followed (they would carry credentials)."""
+
+    error_class = "misconfigured"
 
 
 class DeadLetterError(ConsumerError):

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from consumer.errors import CredentialsError, TransientError
+from consumer.errors import MisconfiguredError, TransientError
 from consumer.logs import REDACTOR
 from consumer.model import JSON
 
@@ -93,6 +93,8 @@ async def post_json(
     return response
 
 
-def misconfigured(response: httpx.Response, message: str) -> CredentialsError:
+def misconfigured(response: httpx.Response, message: str) -> MisconfiguredError:
     """404/405 etc.: the URL or account is wrong, not the order. Pause, never dead-letter."""
-    return CredentialsError(f"{message} (HTTP {response.status_code})", status=response.status_code)
+    return MisconfiguredError(
+        f"{message} (HTTP {response.status_code})", status=response.status_code
+    )

@@ -23,7 +23,7 @@ from consumer import faultpoints
 from consumer.deliver.destination import Destination, Outbound
 from consumer.deliver.http import idempotency_key
 from consumer.deliver.retry import Backoff, persist
-from consumer.errors import CredentialsError, LedgerError, RejectedError, TransientError
+from consumer.errors import LedgerError, PauseError, RejectedError, TransientError
 from consumer.ledger import ClaimRequest, Ledger, State
 from consumer.logs import get_logger
 from consumer.model import Payload
@@ -217,7 +217,7 @@ class DestinationWorker:
                 await asyncio.sleep(delay)
                 attempt += 1
                 continue
-            except CredentialsError as exc:
+            except PauseError as exc:
                 await self._pause(exc)
                 attempt += 1
                 continue
@@ -261,7 +261,7 @@ class DestinationWorker:
         )
         pending.future.set_result(Result(Outcome.REJECTED, exc, pending.attempts))
 
-    async def _pause(self, exc: CredentialsError) -> None:
+    async def _pause(self, exc: PauseError) -> None:
         self._open.clear()
         self.health.set("paused", exc.message)
         log.error("delivery.paused", destination=self.name, status=exc.status, error=exc.message,
