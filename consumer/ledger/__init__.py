@@ -1,46 +1,76 @@
-"""The delivery ledger: (destination, order number) → claimed / delivered / dead-lettered.
+"""The delivery ledger: per (destination, order number), what the vendor holds, and who is
+sending to it right now; plus every dead letter already written.
 
-It is what makes delivery effectively-once: before a send, the order is *claimed* with a lease
-(a claim held by another live instance is waited on; an expired one is taken over); after the
-vendor accepts, the row becomes delivered with a hash of what was sent. A claim that never
-completed is the one open window (the vendor may have accepted, the ledger does not know); such
-rows, and takeovers of them, are counted in `LedgerStats.open_window`.
+It is what makes delivery effectively-once *and* keeps each vendor's final state equal to the
+stream:
+- Before a send, the order is *claimed* with a lease (a claim held by another live instance is
+  waited on; an expired one is taken over and counted: the open window).
+- After the vendor accepted, the row records the hash of the payload the vendor now holds and
+  the position (partition, offset) of the event it came from. A later claim for the same order
+  compares: the same payload is already delivered; an event older than the held one is stale;
+  a changed payload is sent again only where the vendor updates (Custobar) and is otherwise
+  kept (Nibble and Nudgify take no updates).
+- Dead letters are keyed by (destination, order number or record coordinates, payload hash),
+  so a replay does not repeat one, yet a corrected event of the same order is still sent.
 
 Two implementations behind one Protocol: `sqlite.py` (embedded default, one consumer process)
-and `postgres.py` (shared by a consumer group). `open_ledger(url)` picks one.
+and `postgres.py` (shared by a consumer group). `open_ledger(url)` picks one; the claim rule
+both use is `rules.decide`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+ANY_PAYLOAD = "*"
+"""The payload hash of a dead letter that covers every payload of its key (a record that
+never became an order; dead letters migrated from the first ledger schema)."""
 
 
 class State(enum.Enum):
     CLAIMED = "claimed"  # claimed by us now: go ahead and send
     BUSY = "busy"  # claimed by another live instance: wait, then ask again
-    DELIVERED = "delivered"
-    DEAD_LETTERED = "dead_lettered"
+    DELIVERED = "delivered"  # the vendor holds exactly this payload
+    KEPT = "kept"  # the vendor holds an earlier payload of the order and takes no updates
+    STALE = "stale"  # the vendor holds the payload of a later event of the order
+    DEAD_LETTERED = "dead_lettered"  # this very payload was dead-lettered before
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
     order_number: str
     payload_hash: str
+    partition: int = -1  # the event's position, so an older event never overwrites a newer
+    offset: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationStats:
+    delivered: int = 0  # orders the vendor holds
+    dead_lettered: int = 0  # dead letters written (orders or records)
+    claimed: int = 0  # claims not completed yet (in flight, or orphaned by a crash)
+    taken_over: int = 0  # claims taken over after their lease ran out: maybe sent twice
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerStats:
-    delivered: int
-    dead_lettered: int
-    claimed: int  # claims not completed yet (in flight, or orphaned by a crash)
-    taken_over: int  # claims completed by a later owner: each one may have been sent twice
+    destinations: Mapping[str, DestinationStats]
+
+    def total(self) -> DestinationStats:
+        rows = self.destinations.values()
+        return DestinationStats(
+            delivered=sum(r.delivered for r in rows),
+            dead_lettered=sum(r.dead_lettered for r in rows),
+            claimed=sum(r.claimed for r in rows),
+            taken_over=sum(r.taken_over for r in rows),
+        )
 
     @property
     def open_window(self) -> int:
-        return self.taken_over
+        return self.total().taken_over
 
 
 class Ledger(Protocol):
@@ -54,28 +84,38 @@ class Ledger(Protocol):
         resend_changed: bool = False,
         force: bool = False,
     ) -> dict[str, State]:
-        """Claim each order for sending, or report why not.
+        """Claim each order for sending, or report why not (see `State`).
 
-        `resend_changed`: a delivered order whose payload hash differs is claimed again (for
-        vendors where a re-send is an update). `force`: claim even delivered orders (--resend).
-        Claiming an order this owner already holds renews its lease.
+        `resend_changed`: a changed payload of a delivered order is claimed again (the vendor
+        updates). `force`: claim even delivered orders (`--resend`). Claiming an order this
+        owner already holds renews its lease.
         """
         ...
 
     async def mark_delivered(
         self, destination: str, requests: Sequence[ClaimRequest], *, owner: str
-    ) -> None: ...
-
-    async def mark_dead_lettered(
-        self, destination: str, order_number: str, reason: str, *, owner: str
-    ) -> None: ...
-
-    async def release(self, destination: str, order_numbers: Sequence[str], *, owner: str) -> None:
-        """Give up claims without having sent (shutdown or revoke before the send)."""
+    ) -> None:
+        """The vendor accepted these payloads; our claims on them end. A payload from an event
+        older than the one already held never replaces it."""
         ...
 
-    async def states(self, destination: str, order_numbers: Sequence[str]) -> dict[str, State]:
-        """Completed states only (delivered / dead-lettered); absent keys have none."""
+    async def release(self, destination: str, order_numbers: Sequence[str], *, owner: str) -> None:
+        """Give up claims without having delivered (rejected, revoked, shutting down)."""
+        ...
+
+    async def release_owner(self, owner: str) -> int:
+        """A clean stop: give up every claim this owner still holds; returns how many."""
+        ...
+
+    async def mark_dead_lettered(
+        self, destination: str, key: str, payload_hash: str, reason: str, *, owner: str
+    ) -> None: ...
+
+    async def dead_lettered(
+        self, destination: str, keys: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Which of these (key, payload hash) pairs were dead-lettered already (an
+        `ANY_PAYLOAD` dead letter covers every hash of its key)."""
         ...
 
     async def stats(self) -> LedgerStats: ...
@@ -83,11 +123,12 @@ class Ledger(Protocol):
     async def close(self) -> None: ...
 
 
-async def open_ledger(url: str) -> Ledger:
+async def open_ledger(url: str, *, create: bool = True) -> Ledger:
+    """`create=False` (status, rewind): refuse a ledger that does not exist yet."""
     if url.startswith("sqlite:///"):
         from consumer.ledger.sqlite import SqliteLedger
 
-        return SqliteLedger.open(url.removeprefix("sqlite:///"))
+        return SqliteLedger.open(url.removeprefix("sqlite:///"), create=create)
     from consumer.ledger.postgres import PostgresLedger
 
-    return await PostgresLedger.open(url)
+    return await PostgresLedger.open(url, create=create)

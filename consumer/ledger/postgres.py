@@ -26,8 +26,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
 from consumer.errors import LedgerError
-from consumer.ledger import ClaimRequest, LedgerStats, State
-from consumer.ledger.rules import Row, decide
+from consumer.ledger import ANY_PAYLOAD, ClaimRequest, DestinationStats, LedgerStats, State
+from consumer.ledger.rules import Row, decide, is_older
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
@@ -53,6 +53,48 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX deliveries_claimed ON deliveries (destination, lease_until)
            WHERE state = 'claimed'""",
     ),
+    (
+        # What the vendor holds (and from which event) apart from who is sending right now;
+        # dead letters apart, keyed by payload, so a corrected event is still sent.
+        "ALTER TABLE deliveries RENAME TO deliveries_v1",
+        "ALTER INDEX deliveries_claimed RENAME TO deliveries_v1_claimed",
+        """CREATE TABLE deliveries (
+               destination       text NOT NULL,
+               order_number      text NOT NULL,
+               payload_hash      text,
+               source_partition  integer,
+               source_offset     bigint,
+               delivered_at      timestamptz,
+               claim_owner       text,
+               claim_until       timestamptz NOT NULL DEFAULT 'epoch',
+               claimed_at        timestamptz,
+               claims            integer NOT NULL DEFAULT 0,
+               taken_over        integer NOT NULL DEFAULT 0,
+               PRIMARY KEY (destination, order_number)
+           )""",
+        """CREATE INDEX deliveries_claimed ON deliveries (claim_owner)
+           WHERE claim_owner IS NOT NULL""",
+        """CREATE TABLE dead_letters (
+               destination   text NOT NULL,
+               key           text NOT NULL,
+               payload_hash  text NOT NULL,
+               reason        text,
+               owner         text,
+               at            timestamptz NOT NULL DEFAULT now(),
+               PRIMARY KEY (destination, key, payload_hash)
+           )""",
+        """INSERT INTO deliveries (destination, order_number, payload_hash, delivered_at,
+                                  claim_owner, claim_until, claimed_at, claims, taken_over)
+           SELECT destination, order_number,
+                  CASE WHEN state = 'delivered' THEN payload_hash END, completed_at,
+                  CASE WHEN state = 'claimed' THEN owner END, lease_until, claimed_at, claims,
+                  taken_over
+           FROM deliveries_v1 WHERE state IN ('delivered', 'claimed')""",
+        """INSERT INTO dead_letters (destination, key, payload_hash, reason, owner, at)
+           SELECT destination, order_number, '*', reason, owner, coalesce(completed_at, now())
+           FROM deliveries_v1 WHERE state = 'dead_lettered'""",
+        "DROP TABLE deliveries_v1",
+    ),
 )
 MIGRATION_LOCK = 0x6F72_6465_726C_6467  # any constant: every instance takes the same lock
 # A peer frozen mid-transaction must not stall everyone: give up waiting on its row locks (the
@@ -70,12 +112,16 @@ class PostgresLedger:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, url: str) -> PostgresLedger:
-        """Connect and bring the schema up to date (safe when several instances start at once)."""
+    async def open(cls, url: str, *, create: bool = True) -> PostgresLedger:
+        """Connect and bring the schema up to date (safe when several instances start at once).
+        `create=False` (status, rewind): never create or migrate; a missing schema is an error."""
         conninfo, target = _prepare(url)
         connection = await _connect(conninfo, target)
         try:
-            await migrate(connection)
+            if create:
+                await migrate(connection)
+            else:
+                await _check_version(connection, target)
         except psycopg.Error as exc:
             await connection.close()
             raise LedgerError(f"cannot migrate the PostgreSQL ledger {target}: {exc}") from exc
@@ -94,39 +140,49 @@ class PostgresLedger:
         resend_changed: bool = False,
         force: bool = False,
     ) -> dict[str, State]:
-        wanted = {r.order_number: r.payload_hash for r in requests}  # the last hash wins
+        wanted = {r.order_number: r for r in requests}  # the last request of an order wins
         pending = sorted(wanted)
         result: dict[str, State] = {}
         async with self._transaction("claim") as conn:
+            refused = await self._dead_lettered(
+                conn, destination, [(n, r.payload_hash) for n, r in wanted.items()]
+            )
             for _ in range(CLAIM_ROUNDS):
                 if not pending:
                     return result
+                fresh = [n for n in pending if force or (n, wanted[n].payload_hash) not in refused]
                 cursor = await conn.execute(
-                    """INSERT INTO deliveries (destination, order_number, state, payload_hash,
-                            owner, lease_until, claims, claimed_at)
-                        SELECT %s, t.number, 'claimed', t.hash, %s,
+                    """INSERT INTO deliveries (destination, order_number, claim_owner,
+                            claim_until, claims, claimed_at)
+                        SELECT %s, t.number, %s,
                                clock_timestamp() + make_interval(secs => %s), 1, clock_timestamp()
-                        FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(number, hash, i)
+                        FROM unnest(%s::text[]) WITH ORDINALITY AS t(number, i)
                         ORDER BY t.i
                         ON CONFLICT (destination, order_number) DO NOTHING
                         RETURNING order_number""",
-                    (destination, owner, lease_s, pending, [wanted[n] for n in pending]),
+                    (destination, owner, lease_s, fresh),
                 )
                 inserted = {number for (number,) in await cursor.fetchall()}
                 result.update(dict.fromkeys(inserted, State.CLAIMED))
                 existing = [n for n in pending if n not in inserted]
                 rows, now = await self._lock_rows(conn, destination, existing)
-                writes: list[tuple[str, str, int]] = []
-                for number, row in rows.items():
+                writes: list[tuple[str, int]] = []
+                vanished: list[str] = []
+                for number in existing:
+                    request, row = wanted[number], rows.get(number)
+                    refused_here = (number, request.payload_hash) in refused
+                    if row is None and (force or not refused_here):
+                        vanished.append(number)  # released between our insert and our lock
+                        continue
                     state, taken_over = decide(
-                        row, wanted[number], owner=owner, now=now,
+                        row, request, dead_lettered=refused_here, owner=owner, now=now,
                         resend_changed=resend_changed, force=force,
                     )  # fmt: skip
                     result[number] = state
                     if state is State.CLAIMED:
-                        writes.append((number, wanted[number], int(taken_over)))
+                        writes.append((number, int(taken_over)))
                 await self._write_claims(conn, destination, writes, owner, now, lease_s)
-                pending = [n for n in existing if n not in rows]
+                pending = vanished
             if pending:
                 raise LedgerError(f"claim did not settle for {len(pending)} orders: retry")
         return result
@@ -138,111 +194,160 @@ class PostgresLedger:
         rows: dict[str, Row] = {}
         if numbers:
             cursor = await conn.execute(
-                """SELECT order_number, state, payload_hash, owner,
-                           extract(epoch FROM lease_until)::float8
+                """SELECT order_number, payload_hash, source_partition, source_offset,
+                           claim_owner, extract(epoch FROM claim_until)::float8
                     FROM deliveries WHERE destination = %s AND order_number = ANY(%s)
                     ORDER BY order_number COLLATE "C" FOR UPDATE""",
                 (destination, list(numbers)),
             )
-            for number, state, payload_hash, row_owner, lease_until in await cursor.fetchall():
-                rows[number] = Row(state, payload_hash, row_owner, lease_until)
+            for number, *values in await cursor.fetchall():
+                rows[number] = Row(*values)
         cursor = await conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8")
         clock = await cursor.fetchone()
         assert clock is not None  # a SELECT of one value yields one row
         return rows, float(clock[0])
 
     @staticmethod
+    async def _dead_lettered(
+        conn: Connection, destination: str, keys: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        if not keys:
+            return set()
+        cursor = await conn.execute(
+            """SELECT key, payload_hash FROM dead_letters
+               WHERE destination = %s AND key = ANY(%s)""",
+            (destination, sorted({key for key, _ in keys})),
+        )
+        found = {(key, payload_hash) for key, payload_hash in await cursor.fetchall()}
+        covered = {key for key, payload_hash in found if payload_hash == ANY_PAYLOAD}
+        return {(key, h) for key, h in keys if (key, h) in found or key in covered}
+
+    @staticmethod
     async def _write_claims(
         conn: Connection,
         destination: str,
-        writes: Sequence[tuple[str, str, int]],
+        writes: Sequence[tuple[str, int]],
         owner: str,
         now: float,
         lease_s: float,
     ) -> None:
         if not writes:
             return
-        numbers = [number for number, _, _ in writes]
-        hashes = [payload_hash for _, payload_hash, _ in writes]
-        taken = [taken_over for _, _, taken_over in writes]
         await conn.execute(
-            """UPDATE deliveries AS d SET state = 'claimed', payload_hash = t.hash, owner = %s,
-                   lease_until = to_timestamp(%s), claims = d.claims + 1,
-                   taken_over = d.taken_over + t.taken, claimed_at = to_timestamp(%s)
-               FROM unnest(%s::text[], %s::text[], %s::int[]) AS t(number, hash, taken)
+            """UPDATE deliveries AS d SET claim_owner = %s, claim_until = to_timestamp(%s),
+                   claims = d.claims + (d.claim_owner IS DISTINCT FROM %s)::int,
+                   claimed_at = CASE WHEN d.claim_owner IS NOT DISTINCT FROM %s
+                                     THEN d.claimed_at ELSE to_timestamp(%s) END,
+                   taken_over = d.taken_over + t.taken
+               FROM unnest(%s::text[], %s::int[]) AS t(number, taken)
                WHERE d.destination = %s AND d.order_number = t.number""",
-            (owner, now + lease_s, now, numbers, hashes, taken, destination),
-        )
+            (owner, now + lease_s, owner, owner, now, [n for n, _ in writes],
+             [t for _, t in writes], destination),
+        )  # fmt: skip
 
     async def mark_delivered(
         self, destination: str, requests: Sequence[ClaimRequest], *, owner: str
     ) -> None:
-        hashes = {r.order_number: r.payload_hash for r in requests}
-        numbers = sorted(hashes)
+        latest = {r.order_number: r for r in requests}
+        numbers = sorted(latest)
         async with self._transaction("mark delivered") as conn:
-            await self._lock_rows(conn, destination, numbers)
-            await conn.execute(
-                """UPDATE deliveries AS d SET state = 'delivered', payload_hash = t.hash,
-                       completed_at = clock_timestamp(), lease_until = 'epoch', reason = NULL
-                   FROM unnest(%s::text[], %s::text[]) AS t(number, hash)
-                   WHERE d.destination = %s AND d.order_number = t.number""",
-                (numbers, [hashes[n] for n in numbers], destination),
-            )
-
-    async def mark_dead_lettered(
-        self, destination: str, order_number: str, reason: str, *, owner: str
-    ) -> None:
-        async with self._transaction("mark dead-lettered") as conn:
-            await conn.execute(
-                """INSERT INTO deliveries (destination, order_number, state, owner,
-                       completed_at, reason)
-                   VALUES (%s, %s, 'dead_lettered', %s, clock_timestamp(), %s)
-                   ON CONFLICT (destination, order_number) DO UPDATE SET
-                       state = 'dead_lettered', completed_at = excluded.completed_at,
-                       reason = excluded.reason, lease_until = 'epoch'""",
-                (destination, order_number, owner, reason),
-            )
+            rows, _ = await self._lock_rows(conn, destination, numbers)
+            held = [
+                latest[n]
+                for n in numbers
+                if (row := rows.get(n)) is None
+                or not is_older(latest[n], row.source_partition, row.source_offset)
+            ]
+            if held:
+                await conn.execute(
+                    """INSERT INTO deliveries AS d (destination, order_number, payload_hash,
+                           source_partition, source_offset, delivered_at)
+                       SELECT %s, t.number, t.hash, t.part, t.off, clock_timestamp()
+                       FROM unnest(%s::text[], %s::text[], %s::int[], %s::bigint[])
+                            AS t(number, hash, part, off)
+                       ON CONFLICT (destination, order_number) DO UPDATE SET
+                           payload_hash = excluded.payload_hash,
+                           source_partition = excluded.source_partition,
+                           source_offset = excluded.source_offset,
+                           delivered_at = excluded.delivered_at""",
+                    (destination, [r.order_number for r in held],
+                     [r.payload_hash for r in held], [r.partition for r in held],
+                     [r.offset for r in held]),
+                )  # fmt: skip
+            await self._release(conn, destination, numbers, owner)
 
     async def release(self, destination: str, order_numbers: Sequence[str], *, owner: str) -> None:
         numbers = sorted(set(order_numbers))
         async with self._transaction("release") as conn:
             await self._lock_rows(conn, destination, numbers)
-            await conn.execute(
-                """DELETE FROM deliveries WHERE destination = %s AND order_number = ANY(%s)
-                   AND state = 'claimed' AND owner = %s AND taken_over = 0 AND claims = 1""",
-                (destination, numbers, owner),
-            )
-            # A re-claimed row keeps its history; only its lease is given back.
-            await conn.execute(
-                """UPDATE deliveries SET lease_until = 'epoch'
-                   WHERE destination = %s AND order_number = ANY(%s)
-                   AND state = 'claimed' AND owner = %s""",
-                (destination, numbers, owner),
-            )
+            await self._release(conn, destination, numbers, owner)
 
-    async def states(self, destination: str, order_numbers: Sequence[str]) -> dict[str, State]:
-        async with self._transaction("read states") as conn:
+    @staticmethod
+    async def _release(
+        conn: Connection, destination: str, numbers: Sequence[str], owner: str
+    ) -> None:
+        # A row that holds nothing and has no history is as good as absent.
+        await conn.execute(
+            """DELETE FROM deliveries WHERE destination = %s AND order_number = ANY(%s)
+               AND claim_owner = %s AND payload_hash IS NULL AND taken_over = 0""",
+            (destination, list(numbers), owner),
+        )
+        await conn.execute(
+            """UPDATE deliveries SET claim_owner = NULL, claim_until = 'epoch', claimed_at = NULL
+               WHERE destination = %s AND order_number = ANY(%s) AND claim_owner = %s""",
+            (destination, list(numbers), owner),
+        )
+
+    async def release_owner(self, owner: str) -> int:
+        async with self._transaction("release claims") as conn:
             cursor = await conn.execute(
-                """SELECT order_number, state FROM deliveries
-                   WHERE destination = %s AND order_number = ANY(%s) AND state <> 'claimed'""",
-                (destination, list(order_numbers)),
+                """SELECT destination, order_number FROM deliveries WHERE claim_owner = %s
+                   ORDER BY order_number COLLATE "C" FOR UPDATE""",
+                (owner,),
             )
-            return {number: State(state) for number, state in await cursor.fetchall()}
+            claimed = await cursor.fetchall()
+            by_destination: dict[str, list[str]] = {}
+            for destination, number in claimed:
+                by_destination.setdefault(destination, []).append(number)
+            for destination, numbers in by_destination.items():
+                await self._release(conn, destination, numbers, owner)
+        return len(claimed)
+
+    async def mark_dead_lettered(
+        self, destination: str, key: str, payload_hash: str, reason: str, *, owner: str
+    ) -> None:
+        async with self._transaction("mark dead-lettered") as conn:
+            await conn.execute(
+                """INSERT INTO dead_letters (destination, key, payload_hash, reason, owner)
+                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                (destination, key, payload_hash, reason, owner),
+            )
+            await self._lock_rows(conn, destination, [key])
+            await self._release(conn, destination, [key], owner)
+
+    async def dead_lettered(
+        self, destination: str, keys: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        async with self._transaction("read dead letters") as conn:
+            return await self._dead_lettered(conn, destination, keys)
 
     async def stats(self) -> LedgerStats:
+        figures: dict[str, dict[str, int]] = {}
         async with self._transaction("read stats") as conn:
             cursor = await conn.execute(
-                """SELECT count(*) FILTER (WHERE state = 'delivered'),
-                          count(*) FILTER (WHERE state = 'dead_lettered'),
-                          count(*) FILTER (WHERE state = 'claimed'),
+                """SELECT destination, count(payload_hash), count(claim_owner),
                           coalesce(sum(taken_over), 0)
-                   FROM deliveries"""
+                   FROM deliveries GROUP BY destination"""
             )
-            row = await cursor.fetchone()
-        assert row is not None  # an aggregate always yields one row
-        delivered, dead_lettered, claimed, taken_over = (int(v) for v in row)
-        return LedgerStats(delivered=delivered, dead_lettered=dead_lettered, claimed=claimed,
-                           taken_over=taken_over)  # fmt: skip
+            for destination, delivered, claimed, taken_over in await cursor.fetchall():
+                figures[destination] = {"delivered": int(delivered), "claimed": int(claimed),
+                                        "taken_over": int(taken_over)}  # fmt: skip
+            cursor = await conn.execute(
+                "SELECT destination, count(*) FROM dead_letters GROUP BY destination"
+            )
+            for destination, dead_lettered in await cursor.fetchall():
+                figures.setdefault(destination, {})["dead_lettered"] = int(dead_lettered)
+        return LedgerStats({d: DestinationStats(**f) for d, f in sorted(figures.items())})
 
     async def close(self) -> None:
         async with self._lock:
@@ -270,6 +375,21 @@ class PostgresLedger:
             self._conn = None
         self._conn = await _connect(self._conninfo, self._target)
         return self._conn
+
+
+async def _check_version(conn: Connection, target: str) -> None:
+    cursor = await conn.execute("SELECT to_regclass('schema_version') IS NOT NULL")
+    row = await cursor.fetchone()
+    if not row or not row[0]:
+        raise LedgerError(f"no ledger schema in {target}: start the service once to create it")
+    cursor = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+    row = await cursor.fetchone()
+    version = int(row[0]) if row else 0
+    if version != len(MIGRATIONS):
+        raise LedgerError(
+            f"the ledger {target} has schema version {version}, this consumer reads "
+            f"{len(MIGRATIONS)}: start the service once to migrate it"
+        )
 
 
 async def migrate(conn: Connection) -> int:

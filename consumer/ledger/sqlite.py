@@ -3,7 +3,8 @@
 One process only (an exclusive lock file enforces it), so claims left by an earlier process
 are orphans by definition: on open their leases are expired and the next claim takes them over.
 WAL mode with synchronous=NORMAL survives a process crash; a power loss may forget the last
-deliveries, which means a re-send, never a lost order.
+deliveries, which means a re-send, never a lost order. `status` and `rewind` open it read-only,
+without the lock, and never create it.
 """
 
 from __future__ import annotations
@@ -11,35 +12,70 @@ from __future__ import annotations
 import fcntl
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from consumer.errors import LedgerError
-from consumer.ledger import ClaimRequest, LedgerStats, State
-from consumer.ledger.rules import Row, decide
+from consumer.ledger import (
+    ANY_PAYLOAD,
+    ClaimRequest,
+    DestinationStats,
+    LedgerStats,
+    State,
+)
+from consumer.ledger.rules import Row, decide, is_older
 
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
-    destination   TEXT NOT NULL,
-    order_number  TEXT NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('claimed', 'delivered', 'dead_lettered')),
-    payload_hash  TEXT,
-    owner         TEXT,
-    lease_until   REAL NOT NULL DEFAULT 0,
-    claims        INTEGER NOT NULL DEFAULT 0,
-    taken_over    INTEGER NOT NULL DEFAULT 0,
-    claimed_at    REAL,
-    completed_at  REAL,
-    reason        TEXT,
+    destination       TEXT NOT NULL,
+    order_number      TEXT NOT NULL,
+    payload_hash      TEXT,              -- what the vendor holds; NULL: nothing yet
+    source_partition  INTEGER,           -- the event that payload came from
+    source_offset     INTEGER,
+    delivered_at      REAL,
+    claim_owner       TEXT,
+    claim_until       REAL NOT NULL DEFAULT 0,
+    claimed_at        REAL,
+    claims            INTEGER NOT NULL DEFAULT 0,
+    taken_over        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (destination, order_number)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (state) WHERE state = 'claimed';
+CREATE INDEX IF NOT EXISTS deliveries_claimed ON deliveries (claim_owner)
+    WHERE claim_owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    destination   TEXT NOT NULL,
+    key           TEXT NOT NULL,             -- order number, or topic/partition@offset
+    payload_hash  TEXT NOT NULL,             -- '*': every payload of the key
+    reason        TEXT,
+    owner         TEXT,
+    at            REAL,
+    PRIMARY KEY (destination, key, payload_hash)
+) WITHOUT ROWID;
 """
-CHUNK = 500  # keeps IN (...) lists well under SQLite's variable limit
+# The first schema kept one state per order; its rows become the same facts in this one.
+MIGRATE_FROM_V1 = """
+ALTER TABLE deliveries RENAME TO deliveries_v1;
+{schema}
+INSERT INTO deliveries (destination, order_number, payload_hash, delivered_at, claim_owner,
+                        claim_until, claimed_at, claims, taken_over)
+    SELECT destination, order_number,
+           CASE WHEN state = 'delivered' THEN payload_hash END, completed_at,
+           CASE WHEN state = 'claimed' THEN owner END, 0, claimed_at, claims, taken_over
+    FROM deliveries_v1 WHERE state IN ('delivered', 'claimed');
+INSERT INTO dead_letters (destination, key, payload_hash, reason, owner, at)
+    SELECT destination, order_number, '*', reason, owner, completed_at
+    FROM deliveries_v1 WHERE state = 'dead_lettered';
+DROP TABLE deliveries_v1;
+"""
+CHUNK = 400  # keeps IN (...) lists well under SQLite's variable limit
 
 
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+_T = TypeVar("_T")
+
+
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), CHUNK):
         yield items[start : start + CHUNK]
 
@@ -50,31 +86,56 @@ class SqliteLedger:
         self._lock = lock
 
     @classmethod
-    def open(cls, path: str, *, exclusive: bool = True) -> SqliteLedger:
+    def open(cls, path: str, *, create: bool = True) -> SqliteLedger:
+        """`create=False`: read-only, no lock, and a missing file is an error (status, rewind)."""
         file = Path(path)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        lock = None
-        if exclusive:
+        if not create:
+            return cls._open_read_only(file)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
             lock = (file.parent / (file.name + ".lock")).open("wb")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
-                raise LedgerError(
-                    f"ledger {path} is in use by another process; a SQLite ledger serves one "
-                    "consumer: use a PostgreSQL ledger to run several"
-                ) from None
+        except OSError as exc:
+            raise LedgerError(f"cannot create the SQLite ledger {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise LedgerError(
+                f"ledger {path} is in use by another process; a SQLite ledger serves one "
+                "consumer: use a PostgreSQL ledger to run several"
+            ) from None
         try:
             db = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(SCHEMA)
-            if exclusive:
-                db.execute("UPDATE deliveries SET lease_until = 0 WHERE state = 'claimed'")
+            _migrate(db)
+            # One process per file: whatever claims are left belong to a process that died.
+            db.execute("UPDATE deliveries SET claim_until = 0 WHERE claim_owner IS NOT NULL")
         except sqlite3.Error as exc:
-            raise LedgerError(f"cannot open SQLite ledger {path}: {exc}") from exc
+            lock.close()
+            raise LedgerError(f"cannot open the SQLite ledger {path}: {exc}") from exc
         return cls(db, lock)
+
+    @classmethod
+    def _open_read_only(cls, file: Path) -> SqliteLedger:
+        if not file.is_file():
+            raise LedgerError(
+                f"no ledger at {file}: check CONSUMER_LEDGER_URL (nothing was created)"
+            )
+        try:
+            db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True,
+                                 isolation_level=None, check_same_thread=False)  # fmt: skip
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read the SQLite ledger {file}: {exc}") from exc
+        if version != SCHEMA_VERSION:
+            db.close()
+            raise LedgerError(
+                f"the ledger {file} has schema version {version}, this consumer reads "
+                f"{SCHEMA_VERSION}: start the service once to migrate it"
+            )
+        return cls(db, None)
 
     async def claim(
         self,
@@ -92,10 +153,14 @@ class SqliteLedger:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             rows = self._rows(destination, [r.order_number for r in requests])
+            refused = self._dead_lettered(
+                destination, [(r.order_number, r.payload_hash) for r in requests]
+            )
             for request in requests:
                 state, taken_over = decide(
                     rows.get(request.order_number),
-                    request.payload_hash,
+                    request,
+                    dead_lettered=(request.order_number, request.payload_hash) in refused,
                     owner=owner,
                     now=now,
                     resend_changed=resend_changed,
@@ -104,18 +169,19 @@ class SqliteLedger:
                 result[request.order_number] = state
                 if state is State.CLAIMED:
                     writes.append(
-                        (destination, request.order_number, request.payload_hash, owner,
-                         now + lease_s, int(taken_over), now)
+                        (destination, request.order_number, owner, now + lease_s, now,
+                         int(taken_over))
                     )  # fmt: skip
             self._db.executemany(
-                """INSERT INTO deliveries (destination, order_number, state, payload_hash, owner,
-                       lease_until, claims, taken_over, claimed_at)
-                   VALUES (?, ?, 'claimed', ?, ?, ?, 1, ?, ?)
+                """INSERT INTO deliveries (destination, order_number, claim_owner, claim_until,
+                       claimed_at, claims, taken_over)
+                   VALUES (?, ?, ?, ?, ?, 1, ?)
                    ON CONFLICT (destination, order_number) DO UPDATE SET
-                       state = 'claimed', payload_hash = excluded.payload_hash,
-                       owner = excluded.owner, lease_until = excluded.lease_until,
-                       claims = claims + 1, taken_over = taken_over + excluded.taken_over,
-                       claimed_at = excluded.claimed_at""",
+                       claim_owner = excluded.claim_owner, claim_until = excluded.claim_until,
+                       claims = claims + (claim_owner IS NOT excluded.claim_owner),
+                       claimed_at = CASE WHEN claim_owner IS excluded.claim_owner
+                                         THEN claimed_at ELSE excluded.claimed_at END,
+                       taken_over = taken_over + excluded.taken_over""",
                 writes,
             )
             self._db.execute("COMMIT")
@@ -129,77 +195,144 @@ class SqliteLedger:
         for chunk in _chunks(order_numbers):
             marks = ",".join("?" * len(chunk))
             cursor = self._db.execute(
-                f"SELECT order_number, state, payload_hash, owner, lease_until FROM deliveries "  # noqa: S608
-                f"WHERE destination = ? AND order_number IN ({marks})",
+                "SELECT order_number, payload_hash, source_partition, source_offset, "  # noqa: S608
+                f"claim_owner, claim_until FROM deliveries WHERE destination = ? "
+                f"AND order_number IN ({marks})",
                 (destination, *chunk),
             )
-            for number, state, payload_hash, row_owner, lease_until in cursor:
-                rows[number] = Row(state, payload_hash, row_owner, lease_until)
+            for number, *values in cursor:
+                rows[number] = Row(*values)
         return rows
+
+    def _dead_lettered(
+        self, destination: str, keys: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        wanted = {key for key, _ in keys}
+        for chunk in _chunks(sorted(wanted)):
+            marks = ",".join("?" * len(chunk))
+            cursor = self._db.execute(
+                "SELECT key, payload_hash FROM dead_letters "  # noqa: S608
+                f"WHERE destination = ? AND key IN ({marks})",
+                (destination, *chunk),
+            )
+            found.update(cursor)
+        covered = {key for key, payload_hash in found if payload_hash == ANY_PAYLOAD}
+        return {(key, h) for key, h in keys if (key, h) in found or key in covered}
 
     async def mark_delivered(
         self, destination: str, requests: Sequence[ClaimRequest], *, owner: str
     ) -> None:
         now = time.time()
-        self._write(
-            """UPDATE deliveries SET state = 'delivered', payload_hash = ?, completed_at = ?,
-                   lease_until = 0, reason = NULL
-               WHERE destination = ? AND order_number = ?""",
-            [(r.payload_hash, now, destination, r.order_number) for r in requests],
-        )
-
-    async def mark_dead_lettered(
-        self, destination: str, order_number: str, reason: str, *, owner: str
-    ) -> None:
-        self._write(
-            """INSERT INTO deliveries (destination, order_number, state, owner, completed_at,
-                   reason) VALUES (?, ?, 'dead_lettered', ?, ?, ?)
-               ON CONFLICT (destination, order_number) DO UPDATE SET state = 'dead_lettered',
-                   completed_at = excluded.completed_at, reason = excluded.reason,
-                   lease_until = 0""",
-            [(destination, order_number, owner, time.time(), reason)],
-        )
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            rows = self._rows(destination, [r.order_number for r in requests])
+            held = [
+                (r.payload_hash, r.partition, r.offset, now, destination, r.order_number)
+                for r in requests
+                if (row := rows.get(r.order_number)) is None
+                or not is_older(r, row.source_partition, row.source_offset)
+            ]
+            self._db.executemany(
+                """INSERT INTO deliveries (payload_hash, source_partition, source_offset,
+                       delivered_at, destination, order_number) VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (destination, order_number) DO UPDATE SET
+                       payload_hash = excluded.payload_hash,
+                       source_partition = excluded.source_partition,
+                       source_offset = excluded.source_offset,
+                       delivered_at = excluded.delivered_at""",
+                held,
+            )
+            self._release(destination, [r.order_number for r in requests], owner)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise LedgerError(f"ledger write failed: {exc}") from exc
 
     async def release(self, destination: str, order_numbers: Sequence[str], *, owner: str) -> None:
-        self._write(
+        self._write(lambda: self._release(destination, order_numbers, owner))
+
+    def _release(self, destination: str, order_numbers: Sequence[str], owner: str) -> None:
+        params = [(destination, n, owner) for n in order_numbers]
+        # A row that holds nothing and has no history is as good as absent.
+        self._db.executemany(
             """DELETE FROM deliveries WHERE destination = ? AND order_number = ?
-               AND state = 'claimed' AND owner = ? AND taken_over = 0 AND claims = 1""",
-            [(destination, n, owner) for n in order_numbers],
+               AND claim_owner = ? AND payload_hash IS NULL AND taken_over = 0""",
+            params,
         )
-        # A re-claimed row keeps its history; only its lease is given back.
-        self._write(
-            """UPDATE deliveries SET lease_until = 0 WHERE destination = ? AND order_number = ?
-               AND state = 'claimed' AND owner = ?""",
-            [(destination, n, owner) for n in order_numbers],
+        self._db.executemany(
+            """UPDATE deliveries SET claim_owner = NULL, claim_until = 0, claimed_at = NULL
+               WHERE destination = ? AND order_number = ? AND claim_owner = ?""",
+            params,
         )
 
-    async def states(self, destination: str, order_numbers: Sequence[str]) -> dict[str, State]:
-        rows = self._rows(destination, order_numbers)
-        return {n: State(r.state) for n, r in rows.items() if r.state != State.CLAIMED.value}
+    async def release_owner(self, owner: str) -> int:
+        released = 0
+
+        def release_all() -> None:
+            nonlocal released
+            released += self._db.execute(
+                """DELETE FROM deliveries WHERE claim_owner = ? AND payload_hash IS NULL
+                   AND taken_over = 0""",
+                (owner,),
+            ).rowcount
+            released += self._db.execute(
+                """UPDATE deliveries SET claim_owner = NULL, claim_until = 0, claimed_at = NULL
+                   WHERE claim_owner = ?""",
+                (owner,),
+            ).rowcount
+
+        self._write(release_all)
+        return released
+
+    async def mark_dead_lettered(
+        self, destination: str, key: str, payload_hash: str, reason: str, *, owner: str
+    ) -> None:
+        def insert() -> None:
+            self._db.execute(
+                """INSERT INTO dead_letters (destination, key, payload_hash, reason, owner, at)
+                   VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                (destination, key, payload_hash, reason, owner, time.time()),
+            )
+            self._release(destination, [key], owner)
+
+        self._write(insert)
+
+    async def dead_lettered(
+        self, destination: str, keys: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        try:
+            return self._dead_lettered(destination, keys)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger read failed: {exc}") from exc
 
     async def stats(self) -> LedgerStats:
-        counts = dict(
-            self._db.execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall()
-        )
-        (taken_over,) = self._db.execute(
-            "SELECT coalesce(sum(taken_over), 0) FROM deliveries"
-        ).fetchone()
-        return LedgerStats(
-            delivered=counts.get("delivered", 0),
-            dead_lettered=counts.get("dead_lettered", 0),
-            claimed=counts.get("claimed", 0),
-            taken_over=int(taken_over),
-        )
+        try:
+            figures: dict[str, dict[str, int]] = {}
+            for destination, delivered, claimed, taken_over in self._db.execute(
+                """SELECT destination, count(payload_hash), count(claim_owner),
+                          coalesce(sum(taken_over), 0)
+                   FROM deliveries GROUP BY destination"""
+            ):
+                figures[destination] = {"delivered": delivered, "claimed": claimed,
+                                        "taken_over": int(taken_over)}  # fmt: skip
+            for destination, dead_lettered in self._db.execute(
+                "SELECT destination, count(*) FROM dead_letters GROUP BY destination"
+            ):
+                figures.setdefault(destination, {})["dead_lettered"] = dead_lettered
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger read failed: {exc}") from exc
+        return LedgerStats({d: DestinationStats(**f) for d, f in sorted(figures.items())})
 
     async def close(self) -> None:
         self._db.close()
         if self._lock is not None:
             self._lock.close()
 
-    def _write(self, sql: str, params: list[tuple[object, ...]]) -> None:
+    def _write(self, work: Callable[[], None]) -> None:
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(sql, params)
+            work()
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
@@ -208,3 +341,18 @@ class SqliteLedger:
     def _rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring the file to SCHEMA_VERSION in one transaction (a new file, or the first schema)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise LedgerError(
+            f"the ledger schema is at version {version}, newer than this consumer knows "
+            f"({SCHEMA_VERSION}): upgrade the consumer"
+        )
+    columns = {row[1] for row in db.execute("PRAGMA table_info(deliveries)")}
+    script = MIGRATE_FROM_V1.format(schema=SCHEMA) if "state" in columns else SCHEMA
+    db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")

@@ -63,7 +63,7 @@ def test_two_instances_claiming_the_same_orders_never_both_send_one(url: str, se
             assert claimed_by(got_a) | claimed_by(got_b) == set(ORDERS)
             assert set(got_a.values()) | set(got_b.values()) <= {State.CLAIMED, State.BUSY}
             stats = await a.stats()
-            assert (stats.claimed, stats.taken_over) == (200, 0)
+            assert (stats.total().claimed, stats.open_window) == (200, 0)
         finally:
             await a.close()
             await b.close()
@@ -131,8 +131,37 @@ def test_instances_starting_together_migrate_the_schema_once(url: str) -> None:
             versions = [v for (v,) in await cursor.fetchall()]
         assert versions == list(range(1, len(MIGRATIONS) + 1))
         reopened = await PostgresLedger.open(url)
-        assert await reopened.states("nibble", ["1"]) == {"1": State.DELIVERED}  # data kept
+        assert await reopened.claim("nibble", reqs(["1"]), owner=B, lease_s=60) == {
+            "1": State.DELIVERED  # data kept
+        }
         await reopened.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_first_schema_ledger_is_migrated_with_its_facts(url: str) -> None:
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, "
+                               "applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+            for statement in MIGRATIONS[0]:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+            await conn.execute(
+                """INSERT INTO deliveries (destination, order_number, state, payload_hash, owner,
+                       reason) VALUES ('nibble', '1', 'delivered', 'h1', 'x', NULL),
+                       ('nudgify', '2', 'dead_lettered', NULL, 'x', 'Email is required.')"""
+            )
+        ledger = await PostgresLedger.open(url)
+        try:
+            assert await ledger.claim("nibble", reqs(["1"]), owner=A, lease_s=60) == {
+                "1": State.DELIVERED
+            }
+            assert await ledger.claim("nudgify", reqs(["2"]), owner=A, lease_s=60) == {
+                "2": State.DEAD_LETTERED
+            }
+        finally:
+            await ledger.close()
 
     asyncio.run(scenario())
 
@@ -148,7 +177,7 @@ def test_a_dropped_connection_fails_one_call_and_the_retry_reconnects(url: str) 
             )
         with pytest.raises(LedgerError):
             await ledger.stats()
-        assert (await ledger.stats()).claimed == 1
+        assert (await ledger.stats()).total().claimed == 1
         await ledger.close()
 
     asyncio.run(scenario())

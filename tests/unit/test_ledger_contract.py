@@ -4,29 +4,37 @@ SQLite and PostgreSQL (a real server, a fresh database per test; see conftest.py
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 import pytest
 
 from consumer.errors import LedgerError
-from consumer.ledger import ClaimRequest, State
+from consumer.ledger import ANY_PAYLOAD, ClaimRequest, State, open_ledger
 from consumer.ledger.sqlite import SqliteLedger
 
 A, B = "instance-a", "instance-b"
 
 
-def req(number: str, payload_hash: str = "h1") -> ClaimRequest:
-    return ClaimRequest(number, payload_hash)
+def req(
+    number: str, payload_hash: str = "h1", offset: int = -1, partition: int = 0
+) -> ClaimRequest:
+    return ClaimRequest(number, payload_hash, partition, offset)
 
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+async def deliver(ledger, destination: str, request: ClaimRequest, owner: str = A) -> None:  # type: ignore[no-untyped-def]
+    assert await ledger.claim(destination, [request], owner=owner, lease_s=60,
+                              resend_changed=True) == {request.order_number: State.CLAIMED}  # fmt: skip
+    await ledger.mark_delivered(destination, [request], owner=owner)
+
+
 def test_a_delivered_order_is_never_claimed_again(ledger) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
-        assert await ledger.claim("nibble", [req("1")], owner=A, lease_s=60) == {"1": State.CLAIMED}
-        await ledger.mark_delivered("nibble", [req("1")], owner=A)
+        await deliver(ledger, "nibble", req("1"))
         assert await ledger.claim("nibble", [req("1")], owner=B, lease_s=60) == {
             "1": State.DELIVERED
         }
@@ -46,9 +54,9 @@ def test_a_live_claim_is_waited_on_and_an_expired_one_is_taken_over(ledger) -> N
         assert await ledger.claim("custobar", [req("7")], owner=B, lease_s=60) == {
             "7": State.CLAIMED
         }
-        stats = await ledger.stats()
-        assert stats.open_window == 1  # A may have sent it: counted as the open window
-        assert stats.claimed == 1
+        total = (await ledger.stats()).total()
+        assert total.taken_over == 1  # A may have sent it: counted as the open window
+        assert total.claimed == 1
 
     run(scenario())
 
@@ -64,34 +72,70 @@ def test_claiming_again_renews_the_own_lease(ledger) -> None:  # type: ignore[no
     run(scenario())
 
 
-def test_a_changed_payload_is_claimed_again_only_where_resends_are_updates(ledger) -> None:  # type: ignore[no-untyped-def]
+def test_a_changed_payload_is_sent_again_only_where_resends_are_updates(ledger) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
-        await ledger.claim("custobar", [req("5", "old")], owner=A, lease_s=60)
-        await ledger.mark_delivered("custobar", [req("5", "old")], owner=A)
-        same = await ledger.claim("custobar", [req("5", "old")], owner=A, lease_s=60,
+        await deliver(ledger, "custobar", req("5", "old", offset=3))
+        await deliver(ledger, "nibble", req("5", "old", offset=3))
+        same = await ledger.claim("custobar", [req("5", "old", offset=3)], owner=A, lease_s=60,
                                   resend_changed=True)  # fmt: skip
         assert same == {"5": State.DELIVERED}
-        changed = await ledger.claim("custobar", [req("5", "new")], owner=A, lease_s=60,
-                                     resend_changed=True)  # fmt: skip
+        changed = await ledger.claim("custobar", [req("5", "new", offset=8)], owner=A,
+                                     lease_s=60, resend_changed=True)  # fmt: skip
         assert changed == {"5": State.CLAIMED}
-        unchanged_rule = await ledger.claim("nibble", [req("5", "new")], owner=A, lease_s=60)
-        assert unchanged_rule == {"5": State.CLAIMED}
+        no_updates = await ledger.claim("nibble", [req("5", "new", offset=8)], owner=A,
+                                        lease_s=60)  # fmt: skip
+        assert no_updates == {"5": State.KEPT}
 
     run(scenario())
 
 
-def test_dead_lettered_orders_are_reported_and_force_reclaims(ledger) -> None:  # type: ignore[no-untyped-def]
+def test_an_older_event_never_rolls_the_vendor_back(ledger) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
-        await ledger.claim("nudgify", [req("3")], owner=A, lease_s=60)
-        await ledger.release("nudgify", ["3"], owner=A)
-        await ledger.mark_dead_lettered("nudgify", "3", "Email is required.", owner=A)
-        assert await ledger.states("nudgify", ["3", "4"]) == {"3": State.DEAD_LETTERED}
-        assert await ledger.claim("nudgify", [req("3")], owner=A, lease_s=60) == {
+        await deliver(ledger, "custobar", req("5", "cancelled", offset=9))
+        older = await ledger.claim("custobar", [req("5", "complete", offset=4)], owner=B,
+                                   lease_s=60, resend_changed=True)  # fmt: skip
+        assert older == {"5": State.STALE}
+        # Another partition's offsets are not comparable: the ordinary rules apply.
+        elsewhere = await ledger.claim("custobar", [req("5", "complete", 4, partition=2)],
+                                       owner=B, lease_s=60, resend_changed=True)  # fmt: skip
+        assert elsewhere == {"5": State.CLAIMED}
+        # A late acknowledgement of the older event does not replace what the vendor holds.
+        await ledger.mark_delivered("custobar", [req("5", "complete", offset=4)], owner=B)
+        again = await ledger.claim("custobar", [req("5", "cancelled", offset=9)], owner=A,
+                                   lease_s=60, resend_changed=True)  # fmt: skip
+        assert again == {"5": State.DELIVERED}
+
+    run(scenario())
+
+
+def test_dead_letters_are_kept_per_payload(ledger) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        await ledger.claim("nudgify", [req("3", "bad")], owner=A, lease_s=60)
+        await ledger.mark_dead_lettered("nudgify", "3", "bad", "Email is required.", owner=A)
+        assert (await ledger.stats()).total().claimed == 0  # the dead letter ended the claim
+        assert await ledger.dead_lettered("nudgify", [("3", "bad"), ("3", "fixed")]) == {
+            ("3", "bad")
+        }
+        assert await ledger.claim("nudgify", [req("3", "bad")], owner=B, lease_s=60) == {
             "3": State.DEAD_LETTERED
         }
-        assert await ledger.claim("nudgify", [req("3")], owner=A, lease_s=60, force=True) == {
+        assert await ledger.claim("nudgify", [req("3", "bad")], owner=B, lease_s=60,
+                                  force=True) == {"3": State.CLAIMED}  # fmt: skip
+        assert await ledger.claim("nudgify", [req("3", "fixed")], owner=B, lease_s=60) == {
             "3": State.CLAIMED
         }
+
+    run(scenario())
+
+
+def test_a_dead_letter_for_any_payload_covers_every_payload_of_its_key(ledger) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        await ledger.mark_dead_lettered("*", "orders/1@5", ANY_PAYLOAD, "not Avro", owner=A)
+        await ledger.mark_dead_lettered("*", "orders/1@5", ANY_PAYLOAD, "not Avro", owner=B)
+        assert await ledger.dead_lettered(
+            "*", [("orders/1@5", ANY_PAYLOAD), ("orders/1@6", ANY_PAYLOAD)]
+        ) == {("orders/1@5", ANY_PAYLOAD)}
+        assert (await ledger.stats()).destinations["*"].dead_lettered == 1
 
     run(scenario())
 
@@ -102,8 +146,26 @@ def test_released_claims_leave_no_open_window(ledger) -> None:  # type: ignore[n
         claimed = await ledger.claim("nibble", [req(n) for n in numbers], owner=A, lease_s=60)
         assert set(claimed.values()) == {State.CLAIMED}
         await ledger.release("nibble", numbers, owner=A)
-        stats = await ledger.stats()
-        assert (stats.claimed, stats.delivered, stats.open_window) == (0, 0, 0)
+        total = (await ledger.stats()).total()
+        assert (total.claimed, total.delivered, total.taken_over) == (0, 0, 0)
+
+    run(scenario())
+
+
+def test_a_clean_stop_releases_every_claim_so_the_next_owner_takes_none_over(ledger) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        await deliver(ledger, "custobar", req("1", "v1"))
+        await ledger.claim("custobar", [req("1", "v2")], owner=A, lease_s=3600,
+                           resend_changed=True)  # fmt: skip
+        await ledger.claim("nibble", [req(str(n)) for n in range(5)], owner=A, lease_s=3600)
+        assert await ledger.release_owner(A) >= 6
+        assert await ledger.claim("custobar", [req("1", "v2")], owner=B, lease_s=60,
+                                  resend_changed=True) == {"1": State.CLAIMED}  # fmt: skip
+        assert await ledger.claim("custobar", [req("1", "v1")], owner=A, lease_s=60,
+                                  resend_changed=True) == {"1": State.BUSY}  # fmt: skip
+        total = (await ledger.stats()).total()
+        assert total.taken_over == 0
+        assert total.delivered == 1  # the vendor still holds v1
 
     run(scenario())
 
@@ -131,5 +193,60 @@ def test_sqlite_claims_of_a_crashed_process_are_taken_over_on_restart(tmp_path) 
         assert time.monotonic() - started < 1  # no waiting for the dead owner's lease
         assert (await restarted.stats()).open_window == 1
         await restarted.close()
+
+    run(scenario())
+
+
+def test_status_never_creates_a_ledger(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "typo" / "ledger.sqlite3"
+    with pytest.raises(LedgerError, match="no ledger at"):
+        run(open_ledger(f"sqlite:///{missing}", create=False))
+    assert not missing.parent.exists()
+
+
+def test_status_reads_a_ledger_the_running_service_holds(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "ledger.sqlite3")
+
+    async def scenario() -> None:
+        service = SqliteLedger.open(path)
+        await deliver(service, "nibble", req("1"))
+        status = await open_ledger(f"sqlite:///{path}", create=False)
+        assert (await status.stats()).destinations["nibble"].delivered == 1
+        await status.close()
+        await service.close()
+
+    run(scenario())
+
+
+def test_a_first_schema_sqlite_ledger_is_migrated_with_its_facts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "ledger.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """CREATE TABLE deliveries (destination TEXT NOT NULL, order_number TEXT NOT NULL,
+               state TEXT NOT NULL, payload_hash TEXT, owner TEXT, lease_until REAL NOT NULL
+               DEFAULT 0, claims INTEGER NOT NULL DEFAULT 0, taken_over INTEGER NOT NULL
+               DEFAULT 0, claimed_at REAL, completed_at REAL, reason TEXT,
+               PRIMARY KEY (destination, order_number)) WITHOUT ROWID;
+           INSERT INTO deliveries VALUES ('nibble', '1', 'delivered', 'h1', 'x', 0, 1, 0, 1, 2, NULL);
+           INSERT INTO deliveries VALUES ('nudgify', '2', 'dead_lettered', NULL, 'x', 0, 0, 0,
+                                          NULL, 2, 'Email is required.');
+           INSERT INTO deliveries VALUES ('custobar', '3', 'claimed', 'h3', 'x', 9e99, 1, 0, 1,
+                                          NULL, NULL);"""
+    )
+    db.close()
+
+    async def scenario() -> None:
+        ledger = SqliteLedger.open(str(path))
+        assert await ledger.claim("nibble", [req("1", "h1")], owner=A, lease_s=60) == {
+            "1": State.DELIVERED
+        }
+        assert await ledger.claim("nudgify", [req("2", "any")], owner=A, lease_s=60) == {
+            "2": State.DEAD_LETTERED
+        }
+        assert await ledger.claim("custobar", [req("3", "h3")], owner=A, lease_s=60) == {
+            "3": State.CLAIMED  # the old process is gone: its claim is taken over
+        }
+        assert (await ledger.stats()).open_window == 1
+        await ledger.close()
 
     run(scenario())
