@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 from consumer import config, logs
 from consumer.errors import ConfigError, ConsumerError
@@ -82,14 +83,18 @@ async def _run(settings: config.Settings, *, idle_exit_s: float | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     service = await build_service(settings)
-    await service.run(stop, idle_exit_s=idle_exit_s)
-    summary = service.pipeline.metrics.summary()
-    logs.get_logger("consumer").info("consumer.summary", outcomes=summary)
+    finished = await service.run(stop, idle_exit_s=idle_exit_s)
+    log = logs.get_logger("consumer")
+    log.info("consumer.summary", outcomes=service.summary())
+    if not finished:
+        log.error("consumer.unfinished", in_flight=service.in_flight)
+        return EXIT_UNFINISHED
     return 0
 
 
 SHUTDOWN_CLOSE_ALLOWANCE_S = 15.0
 EXIT_SHUTDOWN_TIMEOUT = 3
+EXIT_UNFINISHED = 4  # stopped with records that had no outcome yet (they are re-read next time)
 
 
 def _arm_shutdown_watchdog(seconds: float) -> None:
@@ -106,18 +111,23 @@ def _arm_shutdown_watchdog(seconds: float) -> None:
     timer.start()
 
 
-async def _ledger_stats(settings: config.Settings) -> dict[str, int]:
-    """The ledger's figures; the open window is what a replay cannot vouch for."""
+async def _ledger_stats(settings: config.Settings) -> dict[str, Any]:
+    """The ledger's figures per destination; the open window is what a replay cannot vouch for."""
     from consumer.ledger import open_ledger
 
-    ledger = await open_ledger(settings.ledger_url)
+    ledger = await open_ledger(settings.ledger_url, create=False)
     try:
         stats = await ledger.stats()
     finally:
         await ledger.close()
-    return {"delivered": stats.delivered, "dead_lettered": stats.dead_lettered,
-            "claimed_not_completed": stats.claimed,
-            "open_window_taken_over": stats.open_window}  # fmt: skip
+    return {
+        "destinations": {
+            name: {"delivered": f.delivered, "dead_lettered": f.dead_lettered,
+                   "claimed_not_completed": f.claimed, "open_window_taken_over": f.taken_over}
+            for name, f in stats.destinations.items()
+        },
+        "open_window": stats.open_window,
+    }  # fmt: skip
 
 
 async def _status(settings: config.Settings) -> int:

@@ -1,4 +1,5 @@
-"""The composition root: settings → ledger, decoder, vendor clients, workers, pipeline, runner.
+"""The composition root: settings → ledger, decoder, vendor clients, and one lane per destination
+(its consumer group, worker and in-flight window), sharing the dead-letter office.
 
 The only place that knows every concrete class; everything else receives what it needs.
 """
@@ -25,8 +26,9 @@ from consumer.deliver.worker import DestinationWorker
 from consumer.health import HealthServer
 from consumer.ledger import Ledger, open_ledger
 from consumer.logs import get_logger
-from consumer.pipeline import Pipeline
-from consumer.runner import Runner
+from consumer.pipeline import Lane, LaneLimits
+from consumer.records import RECORD, DeadLetterOffice
+from consumer.runner import KafkaSource, seed_destination_groups
 
 log = get_logger(__name__)
 
@@ -74,42 +76,84 @@ def build_destinations(settings: Settings) -> list[Destination]:
 class Service:
     settings: Settings
     ledger: Ledger
-    pipeline: Pipeline
-    runner: Runner
+    lanes: list[Lane]
+    office: DeadLetterOffice
     dead_letters: KafkaDeadLetters
     clients: list[httpx.AsyncClient]
-    health: HealthServer | None
+    health: HealthServer | None = None
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Outcomes per destination; `*`: records that never became an order."""
+        table = {lane.name: dict(sorted(lane.outcomes.items())) for lane in self.lanes}
+        records = {o: n for (d, o), n in self.office.outcomes.items() if d == RECORD}
+        if records:
+            table[RECORD] = records
+        return table
+
+    @property
+    def in_flight(self) -> int:
+        return sum(lane.in_flight for lane in self.lanes)
 
     async def snapshot(self) -> dict[str, Any]:
         stats = await self.ledger.stats()
+        lanes = {lane.name: lane.snapshot() for lane in self.lanes}
         return {
-            "assigned": bool(self.runner.assignment),
-            "partitions": sorted(p for _, p in self.runner.assignment),
-            "in_flight": self.runner.in_flight,
-            "outcomes": self.pipeline.metrics.summary(),
-            "destinations": {
-                w.name: {"state": w.health.state, "reason": w.health.reason}
-                for w in self.pipeline.workers
+            "ready": all(lane["kafka_healthy"] for lane in lanes.values()),
+            "destinations": lanes,
+            "records": {o: n for (d, o), n in self.office.outcomes.items() if d == RECORD},
+            "ledger": {
+                name: dataclasses.asdict(figures) for name, figures in stats.destinations.items()
             },
-            "ledger": {**dataclasses.asdict(stats), "open_window": stats.open_window},
+            "open_window": stats.open_window,
         }
 
-    async def run(self, stop: asyncio.Event, *, idle_exit_s: float | None = None) -> None:
+    async def run(self, stop: asyncio.Event, *, idle_exit_s: float | None = None) -> bool:
+        """Run every lane until `stop` (or until all are idle that long); True when every
+        record fetched got its outcome."""
         if self.health is not None:
             await self.health.start()
-        for worker in self.pipeline.workers:
-            worker.start()
+        names = [lane.name for lane in self.lanes]
+        seeded = await asyncio.to_thread(seed_destination_groups, self.settings, names)
+        log.info("consumer.groups", groups=seeded)
+        for lane in self.lanes:
+            lane.worker.start()
+        helpers = [asyncio.create_task(self._serve_dead_letters())]
+        if idle_exit_s is not None:
+            helpers.append(asyncio.create_task(self._stop_when_idle(stop, idle_exit_s)))
         try:
-            await self.runner.run(stop, idle_exit_s=idle_exit_s)
+            results = await asyncio.gather(
+                *(lane.run(stop) for lane in self.lanes), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return self.in_flight == 0
         finally:
+            stop.set()
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             await self.close()
+
+    async def _serve_dead_letters(self) -> None:
+        """The producer's delivery callbacks run inside poll(), on this thread."""
+        while True:
+            self.dead_letters.poll()
+            await asyncio.sleep(0.005)
+
+    async def _stop_when_idle(self, stop: asyncio.Event, idle_s: float) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+            if all(lane.idle_for(idle_s) for lane in self.lanes):
+                log.info("consumer.idle", idle_s=idle_s)
+                stop.set()
 
     async def close(self) -> None:
         remaining = self.dead_letters.flush(5.0)
         if remaining:
             log.warning("dead_letter.unflushed", messages=remaining)
-        for worker in self.pipeline.workers:
-            await worker.aclose()
+        for lane in self.lanes:
+            await lane.worker.aclose()
         for client in self.clients:
             await client.aclose()
         if self.health is not None:
@@ -135,8 +179,22 @@ async def build_service(settings: Settings) -> Service:
             reader_schema=load_schema(settings.reader_schema),
             writer_schema=load_schema(settings.writer_schema),
         )
-    workers = [
-        DestinationWorker(
+    dead_letters = KafkaDeadLetters(Producer(producer_config(settings)), settings.dead_letter_topic)
+    office = DeadLetterOffice(dead_letters, ledger, owner=settings.instance_id, backoff=backoff)
+    limits = LaneLimits(
+        max_in_flight=settings.max_in_flight,
+        max_in_flight_bytes=d.max_in_flight_bytes,
+        shutdown_grace_s=settings.shutdown_grace_s,
+        internal_error_retries=d.internal_error_retries,
+        stalled_record_s=d.stalled_record_s,
+        brake_ratio=d.dlq_brake_ratio,
+        brake_window=d.dlq_brake_window,
+        brake_min=d.dlq_brake_min,
+        probe_every_s=d.credentials_retry_s,
+    )
+    lanes = []
+    for destination in build_destinations(settings):
+        worker = DestinationWorker(
             destination,
             ledger,
             owner=settings.instance_id,
@@ -146,16 +204,13 @@ async def build_service(settings: Settings) -> Service:
             backoff=backoff,
             credentials_retry_s=d.credentials_retry_s,
             lease_s=d.lease_s,
+            internal_error_retries=d.internal_error_retries,
             force=settings.resend,
         )
-        for destination in build_destinations(settings)
-    ]
-    dead_letters = KafkaDeadLetters(Producer(producer_config(settings)), settings.dead_letter_topic)
-    pipeline = Pipeline(decoder=decoder, workers=workers, ledger=ledger,
-                        dead_letters=dead_letters, owner=settings.instance_id,
-                        backoff=backoff)  # fmt: skip
-    runner = Runner(settings, pipeline, on_tick=dead_letters.poll)
-    service = Service(settings, ledger, pipeline, runner, dead_letters, clients, None)
+        source = KafkaSource(settings, settings.destination_group(destination.name))
+        lanes.append(Lane(source=source, decoder=decoder, transform=destination.transform,
+                          worker=worker, office=office, limits=limits))  # fmt: skip
+    service = Service(settings, ledger, lanes, office, dead_letters, clients)
     if settings.health_port:
         service.health = HealthServer(service.snapshot, port=settings.health_port)
     return service

@@ -98,6 +98,12 @@ class DeliverySettings:
     retry_max_s: float
     credentials_retry_s: float
     lease_s: float
+    max_in_flight_bytes: int = 16 * 1024 * 1024
+    dlq_brake_ratio: float = 0.5
+    dlq_brake_window: int = 100
+    dlq_brake_min: int = 20
+    internal_error_retries: int = 5
+    stalled_record_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.config import Settings
 from consumer.errors import DeadLetterError
-from consumer.pipeline import DeadLetter, RawRecord
+from consumer.records import DeadLetter, RawRecord
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:

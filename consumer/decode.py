@@ -100,6 +100,15 @@ def _error_code(response: httpx.Response) -> int | None:
     return code if isinstance(code, int) else None
 
 
+class SchemaPending(Exception):
+    """The record's writer schema is not fetched yet: await `Decoder.fetch(schema_id)`, then
+    decode again. Keeps the common path synchronous (no coroutine per record)."""
+
+    def __init__(self, schema_id: int) -> None:
+        super().__init__(schema_id)
+        self.schema_id = schema_id
+
+
 class Decoder:
     def __init__(
         self,
@@ -113,15 +122,31 @@ class Decoder:
         self._reader = reader_schema
         self._writer = writer_schema
         self._registry = registry
+        self._known: dict[int, Any] = {}  # schema id → parsed writer schema
 
     async def decode(self, value: bytes | None) -> Order:
+        while True:
+            try:
+                return self.decode_now(value)
+            except SchemaPending as pending:
+                await self.fetch(pending.schema_id)
+
+    async def fetch(self, schema_id: int) -> None:
+        """Fetch a writer schema (waits out a registry outage; raises UndecodableError for an
+        id the registry does not know)."""
+        assert self._registry is not None  # only the Confluent format raises SchemaPending
+        self._known[schema_id] = await self._registry.writer_schema(schema_id)
+
+    def decode_now(self, value: bytes | None) -> Order:
         if not value:
             raise UndecodableError("empty record value (tombstone?)")
         if self._registry is not None:
             if len(value) < HEADER.size or value[0] != MAGIC:
                 raise UndecodableError("not in Confluent wire format (no magic byte 0)")
             _, schema_id = HEADER.unpack_from(value)
-            writer = await self._registry.writer_schema(schema_id)
+            writer: Any = self._known.get(schema_id)
+            if writer is None:
+                raise SchemaPending(schema_id)
             body = memoryview(value)[HEADER.size :]
         else:
             writer, body = self._writer, memoryview(value)

@@ -88,16 +88,16 @@ async def _consume(env: dict[str, str], total: int) -> dict[str, dict[str, int]]
     async def progress() -> None:
         while True:
             await asyncio.sleep(2)
-            done = service.pipeline.metrics.records_done
-            print(f"  … {done}/{total} orders processed, {service.runner.in_flight} in flight",
-                  file=sys.stderr)  # fmt: skip
+            done = {lane.name: sum(lane.outcomes.values()) for lane in service.lanes}
+            figures = ", ".join(f"{name} {n}/{total}" for name, n in done.items())
+            print(f"  … records done: {figures}; {service.in_flight} in flight", file=sys.stderr)
 
     reporter = asyncio.create_task(progress())
     try:
         await service.run(stop, idle_exit_s=3.0)
     finally:
         reporter.cancel()
-    return service.pipeline.metrics.summary()
+    return service.summary()
 
 
 def print_summary(summary: dict[str, dict[str, int]], stats: dict[str, Any], root: Path) -> None:

@@ -18,6 +18,9 @@
     ├── DeadLetterError        the dead-letter topic did not acknowledge: retry, never commit past
     └── LedgerError            the ledger could not be read or written: retry, never send blind
 
+Anything else raised while handling a record is a bug: retried a bounded number of times, then
+the record is dead-lettered for that destination with class `internal_error` (never stuck).
+
 Third-party exceptions are wrapped where they enter (`raise ... from exc`).
 """
 
@@ -84,9 +87,12 @@ class RejectedError(DeliveryError):
         *,
         status: int | None = None,
         culprits: dict[int, str] | None = None,
+        error_class: str | None = None,
     ) -> None:
         super().__init__(message, status=status)
         self.culprits: dict[int, str] = culprits or {}
+        if error_class is not None:
+            self.error_class = error_class  # e.g. "conflict" once a FailedRequestError gave up
 
 
 class FailedRequestError(DeliveryError):

@@ -1,10 +1,13 @@
 """Liveness, readiness and metrics over plain HTTP (no framework: three read-only routes).
 
 - `/health/live`  200 while the loop runs.
-- `/health/ready` 200 when partitions are assigned and no destination is paused; otherwise 503,
-  with each destination's state and the reason (e.g. "Nibble refused the credentials").
-- `/metrics`      Prometheus text: outcomes per destination, records in flight, ledger figures
-  including the open window (claims never completed).
+- `/health/ready` 200 when every destination's consumer has joined its group and its Kafka
+  connection works; otherwise 503. Vendor trouble (a paused destination, the dead-letter brake)
+  never makes the process unready — a paused vendor must not stall a rollout — but the body
+  names each destination's state and reason, and the metrics carry it for alerts.
+- `/metrics`      Prometheus text, per destination: outcomes, in flight, lag per partition,
+  paused, brake, stalled partitions, oldest unfinished record, internal errors; ledger figures
+  including the open window (claims taken over after a crash: possibly sent twice).
 """
 
 from __future__ import annotations
@@ -18,34 +21,109 @@ from consumer.logs import get_logger
 
 log = get_logger(__name__)
 Snapshot = Callable[[], Awaitable[dict[str, Any]]]
+PREFIX = "order_consumer_"
 
 
 def render_metrics(snapshot: dict[str, Any]) -> str:
-    lines = [
-        "# TYPE order_consumer_outcomes_total counter",
-        *(
-            f'order_consumer_outcomes_total{{destination="{d}",outcome="{o}"}} {n}'
-            for d, outcomes in snapshot["outcomes"].items()
-            for o, n in outcomes.items()
-        ),
-        "# TYPE order_consumer_in_flight gauge",
-        f"order_consumer_in_flight {snapshot['in_flight']}",
-        "# TYPE order_consumer_destination_paused gauge",
-        *(
-            f'order_consumer_destination_paused{{destination="{d}"}} {int(h["state"] == "paused")}'
-            for d, h in snapshot["destinations"].items()
-        ),
-        "# TYPE order_consumer_ledger_rows gauge",
-        *(
-            f'order_consumer_ledger_rows{{state="{k}"}} {v}'
-            for k, v in snapshot["ledger"].items()
-            if k != "open_window"
-        ),
-        "# HELP order_consumer_open_window Claims taken over after a crash: possibly sent twice.",
-        "# TYPE order_consumer_open_window gauge",
-        f"order_consumer_open_window {snapshot['ledger']['open_window']}",
-    ]
-    return "\n".join(lines) + "\n"
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, object]]) -> None:
+        lines.append(f"# HELP {PREFIX}{name} {help_text}")
+        lines.append(f"# TYPE {PREFIX}{name} {kind}")
+        lines.extend(f"{PREFIX}{name}{labels} {value}" for labels, value in samples)
+
+    lanes: dict[str, dict[str, Any]] = snapshot["destinations"]
+
+    def per_lane(key: Callable[[dict[str, Any]], object]) -> list[tuple[str, object]]:
+        return [(f'{{destination="{d}"}}', key(lane)) for d, lane in lanes.items()]
+
+    metric(
+        "outcomes_total",
+        "counter",
+        "Records settled, by destination and outcome.",
+        [
+            (f'{{destination="{d}",outcome="{o}"}}', n)
+            for d, lane in lanes.items()
+            for o, n in sorted(lane["outcomes"].items())
+        ]
+        + [(f'{{destination="*",outcome="{o}"}}', n) for o, n in snapshot["records"].items()],
+    )
+    metric(
+        "in_flight",
+        "gauge",
+        "Records fetched and not settled.",
+        per_lane(lambda lane: lane["in_flight"]),
+    )
+    metric(
+        "in_flight_bytes",
+        "gauge",
+        "Bytes of the records in flight.",
+        per_lane(lambda lane: lane["in_flight_bytes"]),
+    )
+    metric(
+        "lag",
+        "gauge",
+        "Records behind the end of the partition.",
+        [
+            (f'{{destination="{d}",partition="{p}"}}', n)
+            for d, lane in lanes.items()
+            for p, n in sorted(lane["lag"].items())
+        ],
+    )
+    metric(
+        "destination_paused",
+        "gauge",
+        "1 while the destination is paused (credentials, configuration or the dead-letter brake).",
+        per_lane(lambda lane: int(lane["state"] == "paused")),
+    )
+    metric(
+        "dead_letter_brake",
+        "gauge",
+        "1 while the dead-letter brake holds the destination.",
+        per_lane(lambda lane: int(lane["brake"]["tripped"])),
+    )
+    metric(
+        "stalled_partitions",
+        "gauge",
+        "Partitions whose oldest record has held the offset longer than CONSUMER_STALLED_RECORD_S.",
+        per_lane(lambda lane: len(lane["stalled_partitions"])),
+    )
+    metric(
+        "oldest_record_seconds",
+        "gauge",
+        "Age of the oldest unfinished record.",
+        per_lane(lambda lane: lane["oldest_record_s"]),
+    )
+    metric(
+        "internal_errors_total",
+        "counter",
+        "Unexpected errors while handling records.",
+        per_lane(lambda lane: lane["internal_errors"]),
+    )
+    metric(
+        "kafka_healthy",
+        "gauge",
+        "1 when the destination's consumer is in its group and connected.",
+        per_lane(lambda lane: int(lane["kafka_healthy"])),
+    )
+    ledger: dict[str, dict[str, int]] = snapshot["ledger"]
+    metric(
+        "ledger_rows",
+        "gauge",
+        "Ledger figures by destination.",
+        [
+            (f'{{destination="{d}",figure="{k}"}}', v)
+            for d, figures in ledger.items()
+            for k, v in figures.items()
+        ],
+    )
+    metric(
+        "open_window",
+        "gauge",
+        "Claims taken over after a crash: possibly sent twice.",
+        [("", snapshot["open_window"])],
+    )
+    return "\n".join(lines) + "\n"  # fmt: skip
 
 
 class HealthServer:
@@ -81,10 +159,8 @@ class HealthServer:
             return "200 OK", "application/json", b'{"status": "live"}'
         snapshot = await self._snapshot()
         if path == "/health/ready":
-            ready = snapshot["assigned"] and all(
-                h["state"] != "paused" for h in snapshot["destinations"].values()
-            )
-            body = json.dumps({"ready": ready, **snapshot}).encode()
+            ready = bool(snapshot["ready"])
+            body = json.dumps(snapshot).encode()
             return ("200 OK" if ready else "503 Service Unavailable"), "application/json", body
         if path == "/metrics":
             return "200 OK", "text/plain; version=0.0.4", render_metrics(snapshot).encode()

@@ -73,6 +73,13 @@ class Order:
     tags: tuple[str, ...] = ()
     custom_fields: Mapping[str, str] = field(default_factory=dict)
 
+    def personal_values(self) -> tuple[str, ...]:
+        """The order's personal data as text, for scrubbing vendor and exception messages."""
+        c, a = self.customer, self.address
+        values = (c.id, c.email, c.phone, c.first_name, c.last_name, c.ip, a.city, a.state,
+                  self.nibble_session_token)  # fmt: skip
+        return tuple(v.strip() for v in values if v and v.strip())
+
     @property
     def items_total(self) -> Decimal:
         """All lines after line discounts and the order discount: what the goods cost."""

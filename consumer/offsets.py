@@ -6,6 +6,7 @@ offset must never pass a record that is still in flight, or a crash would lose i
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 
@@ -16,25 +17,39 @@ class PartitionProgress:
     previous assignment lands on an orphaned object and cannot move the new one.
     """
 
-    __slots__ = ("_done", "_started", "committable", "revoked", "stored")
+    __slots__ = ("_done", "_head_since", "_started", "committable", "revoked", "stored")
 
     def __init__(self) -> None:
         self._started: deque[int] = deque()
         self._done: set[int] = set()
+        self._head_since = 0.0  # when the oldest unfinished record became the oldest
         self.committable: int | None = None  # next offset to commit, once anything finished
         self.stored: int | None = None
         self.revoked = False
 
     def start(self, offset: int) -> None:
+        if not self._started:
+            self._head_since = time.monotonic()
         self._started.append(offset)
 
     def finish(self, offset: int) -> None:
-        self._done.add(offset)
         started, done = self._started, self._done
-        while started and started[0] in done:
-            head = started.popleft()
-            done.discard(head)
-            self.committable = head + 1
+        if started and offset == started[0] and not done:  # in order: the common case
+            started.popleft()
+            self.committable = offset + 1
+        else:
+            done.add(offset)
+            if not started or started[0] not in done:
+                return  # the oldest record is still out: nothing moves
+            while started and started[0] in done:
+                head = started.popleft()
+                done.discard(head)
+                self.committable = head + 1
+        self._head_since = time.monotonic()
+
+    def held_for(self, now: float) -> float:
+        """How long the oldest unfinished record has held this partition's offset (0: none)."""
+        return now - self._head_since if self._started else 0.0
 
     @property
     def in_flight(self) -> int:

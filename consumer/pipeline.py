@@ -1,196 +1,540 @@
-"""Per record: decode → for each destination: transform → worker (ledger, batch, send) → result.
+"""One destination's lane through the stream: its own consumer group and offsets, its own
+in-flight window, its worker. Lanes share the process, the decoder, the ledger and the
+dead-letter office, and nothing else, so one vendor's outage never holds back another.
 
-A record is done when every enabled destination is delivered, skipped by rule, found already
-delivered, or dead-lettered (the dead letter acknowledged by Kafka). Only then may the runner
-count its offset as complete. Nothing here imports Kafka: the dead-letter sink is a Protocol.
+Per record:  poll ─▶ backlog ─▶ decode ─▶ transform ─▶ worker (claim, batch, send)
+                                   │           │             │
+                                   ▼           ▼             ▼
+                              dead letter   skip/dead     delivered, duplicate, kept, stale,
+                                            letter        rejected ─▶ dead letter
+A record is done for this lane when it has an outcome; only then may its offset count. Every
+record gets one: an unexpected error is retried a bounded number of times, then the record is
+dead-lettered as `internal_error`. A lane dead-lettering an unusual share of its orders trips
+its brake instead: the destination pauses, dead letters wait, and a probe resumes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from consumer import faultpoints
-from consumer.decode import Decoder
-from consumer.deliver.retry import Backoff, T, persist
-from consumer.deliver.worker import DestinationWorker, Outcome
-from consumer.errors import DeadLetterError, LedgerError, RecordError
-from consumer.ledger import Ledger, State
+from consumer.decode import Decoder, SchemaPending
+from consumer.deliver.worker import DestinationWorker, Outcome, payload_hash
+from consumer.errors import RecordError, RejectedError
+from consumer.ledger import ANY_PAYLOAD
 from consumer.logs import REDACTOR, get_logger
-from consumer.model import Invalid, Order, Skip
+from consumer.model import Invalid, Order, Skip, TransformResult
+from consumer.offsets import PartitionProgress
+from consumer.records import RECORD, DeadLetter, DeadLetterOffice, RawRecord
 
 log = get_logger(__name__)
 
-RECORD = "*"  # the dead-letter "destination" of a record that never became an order
+POLL_BATCH = 500
+IDLE_SLEEP_S = 0.01
+STORE_EVERY_S = 0.05
+YIELD_EVERY = 200  # records handled between two yields to the event loop
+INTERNAL_ERROR = "internal_error"
+BRAKE = "brake"
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
+class Source(Protocol):
+    """One consumer group's view of the topic (`runner.KafkaSource` in production)."""
 
+    def subscribe(self, listener: Rebalance) -> None: ...
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """Why a record (or one destination of it) was given up; becomes the DLQ headers."""
-
-    destination: str
-    error_class: str
-    message: str
-    status: int | None = None
-    attempts: int = 0
-    order_number: str | None = None
-
-    def headers(self, record: RawRecord) -> list[tuple[str, bytes]]:
-        fields = {
-            "dlq.destination": self.destination,
-            "dlq.error.class": self.error_class,
-            "dlq.error.message": REDACTOR.scrub(self.message)[:1000],
-            "dlq.status": "" if self.status is None else str(self.status),
-            "dlq.attempts": str(self.attempts),
-            "dlq.order_number": self.order_number or "",
-            "dlq.original.topic": record.topic,
-            "dlq.original.partition": str(record.partition),
-            "dlq.original.offset": str(record.offset),
-        }
-        return [*record.headers, *((k, v.encode()) for k, v in fields.items())]
-
-
-class DeadLetterSink(Protocol):
-    async def send(self, record: RawRecord, letter: DeadLetter) -> None:
-        """Return once the broker acknowledged the write; raise DeadLetterError otherwise."""
+    def poll(self, max_records: int) -> list[RawRecord]:
+        """Records fetched so far (never blocks); rebalance callbacks run inside."""
         ...
 
+    def pause(self, partitions: list[int]) -> None: ...
 
-@dataclass(slots=True)
-class Metrics:
-    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
-    records_done: int = 0
-    started: float = field(default_factory=time.monotonic)
+    def resume(self, partitions: list[int]) -> None: ...
 
-    def count(self, destination: str, outcome: str) -> None:
-        self.outcomes[(destination, outcome)] += 1
+    def store(self, partition: int, offset: int) -> bool:
+        """Store the next offset to commit; False: the partition is no longer ours."""
+        ...
 
-    def summary(self) -> dict[str, dict[str, int]]:
-        table: dict[str, dict[str, int]] = {}
-        for (destination, outcome), n in sorted(self.outcomes.items()):
-            table.setdefault(destination, {})[outcome] = n
-        return table
+    def commit(self) -> None: ...
+
+    def lag(self, partitions: list[int]) -> dict[int, int]: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
-class Pipeline:
+class Rebalance(Protocol):
+    def on_assigned(self, partitions: list[int]) -> None: ...
+
+    def on_revoked(self, partitions: list[int]) -> None:
+        """Called before the source commits for these partitions: store final offsets now."""
+        ...
+
+    def on_lost(self, partitions: list[int]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LaneLimits:
+    max_in_flight: int
+    max_in_flight_bytes: int
+    shutdown_grace_s: float
+    internal_error_retries: int
+    stalled_record_s: float
+    brake_ratio: float
+    brake_window: int
+    brake_min: int
+    probe_every_s: float
+
+
+class Ticket:
+    """One record in this lane (the worker's `Ticket`)."""
+
+    __slots__ = ("_lane", "done", "order", "payload_hash", "progress", "record")
+
+    def __init__(self, lane: Lane, record: RawRecord, progress: PartitionProgress) -> None:
+        self._lane = lane
+        self.record = record
+        self.progress = progress
+        self.order: Order | None = None
+        self.payload_hash = ANY_PAYLOAD  # of this record's payload, once it has one
+        self.done = False
+
+    @property
+    def partition(self) -> int:
+        return self.record.partition
+
+    @property
+    def offset(self) -> int:
+        return self.record.offset
+
+    @property
+    def abandoned(self) -> bool:
+        return self.progress.revoked
+
+    def settle(self, outcome: Outcome, error: RejectedError | None = None) -> None:
+        self._lane.settled(self, outcome, error)
+
+
+class DeadLetterBrake:
+    """Over the last `window` orders, more than `ratio` dead-lettered (and at least `minimum`):
+    that is a setting or a bug, not bad orders."""
+
+    def __init__(self, *, ratio: float, window: int, minimum: int) -> None:
+        self._ratio = ratio
+        self._minimum = minimum
+        self._recent: deque[bool] = deque(maxlen=window)
+        self._dead = 0
+        self.tripped = False
+
+    def observe(self, dead_lettered: bool) -> bool:
+        """Count one settled order; True when this observation trips the brake."""
+        if len(self._recent) == self._recent.maxlen and self._recent[0]:
+            self._dead -= 1
+        self._recent.append(dead_lettered)
+        self._dead += dead_lettered
+        if self.tripped or self._ratio >= 1:
+            return False
+        self.tripped = self._dead >= self._minimum and self._dead > self._ratio * len(self._recent)
+        return self.tripped
+
+    @property
+    def figures(self) -> tuple[int, int]:
+        return self._dead, len(self._recent)
+
+    def reset(self) -> None:
+        self._recent.clear()
+        self._dead = 0
+        self.tripped = False
+
+
+class Lane:
     def __init__(
         self,
         *,
+        source: Source,
         decoder: Decoder,
-        workers: Sequence[DestinationWorker],
-        ledger: Ledger,
-        dead_letters: DeadLetterSink,
-        owner: str,
-        backoff: Backoff,
+        transform: Callable[[Order], TransformResult],
+        worker: DestinationWorker,
+        office: DeadLetterOffice,
+        limits: LaneLimits,
     ) -> None:
+        self.name = worker.name
+        self.worker = worker
+        self._source = source
         self._decoder = decoder
-        self.workers = tuple(workers)
-        self._ledger = ledger
-        self._dead_letters = dead_letters
-        self._owner = owner
-        self._backoff = backoff
-        self.metrics = Metrics()
+        self._transform = transform
+        self._office = office
+        self._limits = limits
+        self._brake = DeadLetterBrake(ratio=limits.brake_ratio, window=limits.brake_window,
+                                      minimum=limits.brake_min)  # fmt: skip
+        self._progress: dict[int, PartitionProgress] = {}
+        self._backlog: deque[Ticket] = deque()
+        self._work = asyncio.Event()
+        self._held: list[Ticket] = []  # dead letters waiting while the brake is on
+        self._probe: asyncio.Task[None] | None = None
+        self._probing = False
+        self._brake_reason = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paused = False
+        self._last_store = 0.0
+        self.in_flight = 0
+        self.in_flight_bytes = 0
+        self.outcomes: Counter[str] = Counter()
+        self.internal_errors = 0
+        self.assigned_once = False
+        self.last_message_at = time.monotonic()
 
-    async def process(self, record: RawRecord) -> dict[str, str]:
-        """Run one record to completion; returns the outcome per destination."""
+    # ---- the loop ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._source.subscribe(self)
+        processor = asyncio.create_task(self._process(), name=f"lane-{self.name}")
         try:
-            order = await self._decoder.decode(record.value)
-        except RecordError as exc:
-            log.warning("record.undecodable", partition=record.partition, offset=record.offset,
-                        error_class=exc.error_class, error=str(exc))  # fmt: skip
-            outcome = await self._dead_letter_record(record, exc)
-            self.metrics.count(RECORD, outcome)
-            return {RECORD: outcome}
-        results = await asyncio.gather(*(self._deliver(w, order, record) for w in self.workers))
-        outcomes = {w.name: r for w, r in zip(self.workers, results, strict=True)}
-        self.metrics.records_done += 1
-        log.info("record.done", order_number=order.order_number, partition=record.partition,
-                 offset=record.offset, outcomes=outcomes)  # fmt: skip
-        return outcomes
+            while not stop.is_set() and not processor.done():
+                got = self._poll_once()
+                await asyncio.sleep(0 if got else IDLE_SLEEP_S)
+            if processor.done():
+                processor.result()  # a bug in the lane itself: surface it
+            await self._drain()
+        finally:
+            tasks = [processor, *self._tasks, *([self._probe] if self._probe else [])]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._source.close()
 
-    async def _deliver(self, worker: DestinationWorker, order: Order, record: RawRecord) -> str:
-        outcome = await self._outcome(worker, order, record)
-        self.metrics.count(worker.name, outcome)
-        return outcome
-
-    async def _outcome(self, worker: DestinationWorker, order: Order, record: RawRecord) -> str:
-        context = {"order_number": order.order_number, "partition": record.partition,
-                   "offset": record.offset, "destination": worker.name}  # fmt: skip
-        result = worker.destination.transform(order)
-        if isinstance(result, Skip):
-            log.info("destination.skipped", reason=result.reason, **context)
-            return "skipped"
-        if isinstance(result, Invalid):
-            letter = DeadLetter(worker.name, "invalid_for_destination", result.reason,
-                                order_number=order.order_number)  # fmt: skip
-            outcome = await self._dead_letter_once(record, letter, key=order.order_number)
-            if outcome == "dead_lettered":
-                log.warning("destination.invalid", reason=result.reason, **context)
-            return outcome
-        for note in result.notes:
-            log.info("transform.adjusted", note=note, **context)
-        delivered = await worker.submit(order.order_number, result)
-        if delivered.outcome is Outcome.REJECTED and delivered.error is not None:
-            error = delivered.error
-            letter = DeadLetter(worker.name, error.error_class, error.message, error.status,
-                                delivered.attempts, order.order_number)  # fmt: skip
-            # No ledger check first: the worker just released this order's claim.
-            await self._dead_letter_and_record(record, letter, key=order.order_number)
-            return "dead_lettered"
-        return delivered.outcome.value
-
-    async def _dead_letter_record(self, record: RawRecord, exc: RecordError) -> str:
-        """A record no destination can read, keyed by its coordinates (it has no order
-        number)."""
-        key = f"{record.topic}/{record.partition}@{record.offset}"
-        letter = DeadLetter(RECORD, exc.error_class, str(exc))
-        return await self._dead_letter_once(record, letter, key=key)
-
-    async def _dead_letter_once(self, record: RawRecord, letter: DeadLetter, *, key: str) -> str:
-        """Dead-letter unless the ledger says it already was: a replay, or a crash before the
-        commit, does not repeat it."""
-        destination = letter.destination
-        states = await self._ledger_call(lambda: self._ledger.states(destination, [key]))
-        if states.get(key) is State.DEAD_LETTERED:
-            return "already_dead_lettered"
-        await self._dead_letter_and_record(record, letter, key=key)
-        return "dead_lettered"
-
-    async def _dead_letter_and_record(
-        self, record: RawRecord, letter: DeadLetter, *, key: str
-    ) -> None:
-        await self._dead_letter(record, letter)
-        reason = REDACTOR.scrub(letter.message)[:500]
-        await self._ledger_call(
-            lambda: self._ledger.mark_dead_lettered(
-                letter.destination, key, reason, owner=self._owner
-            )
+    def idle_for(self, seconds: float) -> bool:
+        return (
+            self.assigned_once
+            and self.in_flight == 0
+            and time.monotonic() - self.last_message_at >= seconds
         )
-        faultpoints.reached("after_dead_letter")
 
-    async def _dead_letter(self, record: RawRecord, letter: DeadLetter) -> None:
-        """Write the dead letter, retrying until Kafka acknowledges: the offset waits for it."""
-        await persist(lambda: self._dead_letters.send(record, letter), backoff=self._backoff,
-                      retry_on=DeadLetterError, event="dead_letter.retry",
-                      partition=record.partition, offset=record.offset)  # fmt: skip
-        log.info("record.dead_lettered", partition=record.partition, offset=record.offset,
-                 destination=letter.destination, error_class=letter.error_class,
-                 order_number=letter.order_number)  # fmt: skip
+    def _poll_once(self) -> int:
+        self._apply_backpressure()
+        room = self._limits.max_in_flight - self.in_flight
+        records = self._source.poll(max(1, min(POLL_BATCH, room)))
+        for record in records:
+            self._accept(record)
+        if records:
+            self.last_message_at = time.monotonic()
+            self._work.set()
+        if time.monotonic() - self._last_store >= STORE_EVERY_S:
+            self._store_offsets()
+        return len(records)
 
-    async def _ledger_call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        return await persist(operation, backoff=self._backoff, retry_on=LedgerError,
-                             event="ledger.retry")  # fmt: skip
+    def _apply_backpressure(self) -> None:
+        """Bounded in flight, by records and by bytes: pause fetching at the bound, resume
+        below half of it. Polling goes on either way, so a slow vendor never costs us the
+        group membership."""
+        limits = self._limits
+        full = (
+            self.in_flight >= limits.max_in_flight
+            or self.in_flight_bytes >= limits.max_in_flight_bytes
+        )
+        if not self._paused and full:
+            self._set_paused(True)
+        elif (
+            self._paused
+            and self.in_flight <= limits.max_in_flight // 2
+            and self.in_flight_bytes <= limits.max_in_flight_bytes // 2
+        ):
+            self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> None:
+        if self._progress:
+            (self._source.pause if paused else self._source.resume)(list(self._progress))
+        self._paused = paused
+        log.info("consumer.paused" if paused else "consumer.resumed", destination=self.name,
+                 in_flight=self.in_flight, in_flight_bytes=self.in_flight_bytes)  # fmt: skip
+
+    def _accept(self, record: RawRecord) -> None:
+        progress = self._progress.get(record.partition)
+        if progress is None:  # a record of a partition revoked in this very poll
+            return
+        progress.start(record.offset)
+        self.in_flight += 1
+        self.in_flight_bytes += record.size
+        self._backlog.append(Ticket(self, record, progress))
+
+    async def _process(self) -> None:
+        handled = 0
+        while True:
+            if not self._backlog:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            ticket = self._backlog.popleft()
+            if ticket.abandoned:
+                self._forget(ticket)
+                continue
+            try:
+                self._handle(ticket)
+            except SchemaPending as pending:
+                self._backlog.appendleft(ticket)  # in order: nothing passes it meanwhile
+                await self._fetch_schema(pending.schema_id)
+            except Exception as exc:  # a bug: retried, then dead-lettered; never stuck
+                await self._internal_error(ticket, exc)
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let the poll loop and the workers run
+
+    async def _fetch_schema(self, schema_id: int) -> None:
+        with contextlib.suppress(RecordError):  # an unknown id: decoding dead-letters it
+            await self._decoder.fetch(schema_id)
+
+    def _handle(self, ticket: Ticket) -> None:
+        """Decode, transform, hand over: synchronous; the outcome arrives through the ticket."""
+        record = ticket.record
+        try:
+            order = self._decoder.decode_now(record.value)
+        except RecordError as exc:
+            letter = DeadLetter(RECORD, exc.error_class, str(exc))
+            self._dead_letter(ticket, letter, key=record.coordinates, payload_hash=ANY_PAYLOAD)
+            return
+        ticket.order = order
+        result = self._transform(order)
+        if isinstance(result, Skip):
+            self._finish(ticket, Outcome.SKIPPED)
+        elif isinstance(result, Invalid):
+            letter = DeadLetter(self.name, "invalid_for_destination", result.reason,
+                                order_number=order.order_number)  # fmt: skip
+            self._dead_letter(ticket, letter, key=order.order_number,
+                              payload_hash=f"invalid:{result.reason}")  # fmt: skip
+        else:
+            ticket.payload_hash = payload_hash(result)
+            self.worker.submit(order.order_number, result, ticket, ticket.payload_hash)
+
+    async def _internal_error(self, ticket: Ticket, exc: Exception) -> None:
+        """Retry in place (nothing of the partition passes it), then dead-letter."""
+        self.internal_errors += 1
+        for attempt in range(self._limits.internal_error_retries):
+            log.error("record.internal_error", destination=self.name, attempt=attempt + 1,
+                      partition=ticket.partition, offset=ticket.offset,
+                      error_type=type(exc).__name__, error=str(exc)[:500])  # fmt: skip
+            await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+            if ticket.abandoned:
+                self._forget(ticket)
+                return
+            try:
+                self._handle(ticket)
+                return
+            except SchemaPending:
+                self._backlog.appendleft(ticket)
+                return
+            except Exception as again:
+                exc = again
+        log.error("record.internal_error", destination=self.name, partition=ticket.partition,
+                  offset=ticket.offset, error_type=type(exc).__name__, gave_up=True)  # fmt: skip
+        order_number = ticket.order.order_number if ticket.order else None
+        letter = DeadLetter(self.name, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}",
+                            attempts=self._limits.internal_error_retries + 1,
+                            order_number=order_number)  # fmt: skip
+        self._dead_letter(ticket, letter, key=ticket.record.coordinates, payload_hash=ANY_PAYLOAD)
+
+    # ---- outcomes ------------------------------------------------------------------------------
+
+    def settled(self, ticket: Ticket, outcome: Outcome, error: RejectedError | None) -> None:
+        """The worker's verdict on a record."""
+        if outcome is not Outcome.REJECTED or error is None:
+            self._finish(ticket, outcome)
+            return
+        order = ticket.order
+        values = order.personal_values() if order is not None else ()
+        letter = DeadLetter(self.name, error.error_class,
+                            REDACTOR.scrub(error.message, values=values), status=error.status,
+                            order_number=order.order_number if order else None)  # fmt: skip
+        key = order.order_number if order is not None else ticket.record.coordinates
+        self._dead_letter(ticket, letter, key=key, payload_hash=ticket.payload_hash)
+
+    def _dead_letter(
+        self, ticket: Ticket, letter: DeadLetter, *, key: str, payload_hash: str
+    ) -> None:
+        task = asyncio.create_task(self._write_dead_letter(ticket, letter, key, payload_hash))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write_dead_letter(
+        self, ticket: Ticket, letter: DeadLetter, key: str, payload_hash: str
+    ) -> None:
+        if letter.destination == RECORD:
+            # A record that never became an order: counted by the office, once for all lanes.
+            await self._office.give_up(ticket.record, letter, key=key, payload_hash=payload_hash)
+            self._finish(ticket, Outcome.UNDECODABLE)
+            return
+        if await self._office.already(letter.destination, key, payload_hash):
+            self._finish(ticket, Outcome.ALREADY_DEAD_LETTERED)
+            return
+        if self._brake.tripped:
+            self._hold(ticket, letter)
+            return
+        # Counted before the write, so a burst of rejections in flight cannot outrun the brake.
+        if self._brake.observe(dead_lettered=True):
+            self._trip_brake()
+            self._hold(ticket, letter)
+            return
+        outcome = await self._office.give_up(ticket.record, letter, key=key,
+                                             payload_hash=payload_hash)  # fmt: skip
+        self._finish(ticket, Outcome(outcome))
+
+    def _finish(self, ticket: Ticket, outcome: Outcome) -> None:
+        if ticket.done:
+            return
+        ticket.done = True
+        self.outcomes[outcome.value] += 1
+        self._forget(ticket)
+        if not ticket.progress.revoked:
+            ticket.progress.finish(ticket.offset)
+        if outcome in (Outcome.ABANDONED, Outcome.DEAD_LETTERED) or ticket.order is None:
+            return  # dead letters were counted by the brake before they were written
+        if self._probing:
+            self._release_brake()  # the probe got through: the cause is gone
+        else:
+            self._brake.observe(dead_lettered=False)
+
+    def _forget(self, ticket: Ticket) -> None:
+        self.in_flight -= 1
+        self.in_flight_bytes -= ticket.record.size
+
+    # ---- the dead-letter brake -----------------------------------------------------------------
+
+    def _trip_brake(self) -> None:
+        dead, seen = self._brake.figures
+        self._brake_reason = (f"dead-letter brake: {dead} of the last {seen} orders were "
+                              "dead-lettered; a setting or a bug, not bad orders")  # fmt: skip
+        log.error("destination.brake", destination=self.name, dead_lettered=dead, orders=seen)
+        self.worker.hold(BRAKE, self._brake_reason)
+        self._schedule_probe()
+
+    def _hold(self, ticket: Ticket, letter: DeadLetter) -> None:
+        """While the brake is on, a record bound for the dead-letter topic waits instead."""
+        self._held.append(ticket)
+        log.warning("destination.held", destination=self.name, partition=ticket.partition,
+                    offset=ticket.offset, error_class=letter.error_class)  # fmt: skip
+        if self._probing:  # the probe failed: stay paused, try again later
+            self._probing = False
+            self.worker.hold(BRAKE, self._brake_reason)
+            self._schedule_probe()
+
+    def _schedule_probe(self) -> None:
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._probe_later())
+
+    async def _probe_later(self) -> None:
+        """After a pause, open the destination again and retry the oldest held record: the
+        next order to settle decides. Anything but a dead letter means the cause is gone and
+        the brake releases; another dead letter closes it again."""
+        await asyncio.sleep(self._limits.probe_every_s)
+        self._held = [t for t in self._held if not self._drop_if_abandoned(t)]
+        self._probing = True
+        self.worker.release_hold(BRAKE)
+        if self._held:
+            self._backlog.appendleft(self._held.pop(0))
+            self._work.set()
+
+    def _release_brake(self) -> None:
+        log.info("destination.brake_released", destination=self.name, held=len(self._held))
+        self._probing = False
+        self._brake.reset()
+        self.worker.release_hold(BRAKE)
+        held, self._held = self._held, []
+        self._backlog.extendleft(reversed(held))
+        self._work.set()
+
+    def _drop_if_abandoned(self, ticket: Ticket) -> bool:
+        if ticket.abandoned:
+            self._forget(ticket)
+            return True
+        return False
+
+    # ---- offsets and rebalances ----------------------------------------------------------------
+
+    def _store_offsets(self, only: list[int] | None = None) -> None:
+        self._last_store = time.monotonic()
+        for partition in only if only is not None else list(self._progress):
+            progress = self._progress[partition]
+            if (offset := progress.unstored()) is None:
+                continue
+            if self._source.store(partition, offset):
+                progress.stored = offset
+            else:  # refused: we stalled and were fenced; the partition is not ours any more
+                self._forget_partitions([partition])
+
+    def on_assigned(self, partitions: list[int]) -> None:
+        self.assigned_once = True
+        self.last_message_at = time.monotonic()  # idle counts from when there is work to fetch
+        for partition in partitions:
+            self._progress[partition] = PartitionProgress()
+        if self._paused and partitions:
+            self._source.pause(partitions)
+        log.info("consumer.assigned", destination=self.name, partitions=sorted(partitions))
+
+    def on_revoked(self, partitions: list[int]) -> None:
+        mine = [p for p in partitions if p in self._progress]
+        self._store_offsets(only=mine)
+        self._forget_partitions(mine)
+        log.info("consumer.revoked", destination=self.name, partitions=sorted(mine))
+
+    def on_lost(self, partitions: list[int]) -> None:
+        self._forget_partitions(partitions)
+        log.warning("consumer.lost", destination=self.name, partitions=sorted(partitions))
+
+    def _forget_partitions(self, partitions: list[int]) -> None:
+        """Their records finish (the ledger records what was delivered, so the next owner
+        skips it) but can no longer move any offset."""
+        for partition in partitions:
+            progress = self._progress.pop(partition, None)
+            if progress is not None:
+                progress.revoked = True
+
+    async def _drain(self) -> None:
+        """Shutdown: stop fetching, let in-flight records finish within the grace period, store
+        and commit what completed. Unfinished records are re-read by the next owner."""
+        if self.in_flight:
+            log.info("consumer.draining", destination=self.name, in_flight=self.in_flight,
+                     grace_s=self._limits.shutdown_grace_s)  # fmt: skip
+            if not self._paused:
+                self._set_paused(True)
+            deadline = time.monotonic() + self._limits.shutdown_grace_s
+            while self.in_flight and time.monotonic() < deadline:
+                self._source.poll(1)  # keep the membership alive
+                self._store_offsets()
+                await asyncio.sleep(IDLE_SLEEP_S)
+        self._store_offsets()
+        self._source.commit()
+
+    # ---- what operators see --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        held = {p: round(pr.held_for(now), 1) for p, pr in self._progress.items()}
+        dead, seen = self._brake.figures
+        return {
+            "state": self.worker.health.state,
+            "reason": self.worker.health.reason,
+            "kafka_healthy": self._source.healthy,
+            "assigned_once": self.assigned_once,
+            "partitions": sorted(self._progress),
+            "in_flight": self.in_flight,
+            "in_flight_bytes": self.in_flight_bytes,
+            "fetching_paused": self._paused,
+            "lag": self._source.lag(sorted(self._progress)),
+            "stalled_partitions": sorted(
+                p for p, s in held.items() if s >= self._limits.stalled_record_s
+            ),
+            "oldest_record_s": max(held.values(), default=0.0),
+            "brake": {
+                "tripped": self._brake.tripped,
+                "dead_lettered": dead,
+                "orders": seen,
+                "held": len(self._held),
+            },
+            "internal_errors": self.internal_errors + self.worker.internal_errors,
+            "outcomes": dict(self.outcomes),
+        }

@@ -1,11 +1,14 @@
-"""Per destination: batch orders from every record in flight, claim them in the ledger, send,
-retry transient failures, isolate rejected orders, and pause on credential problems.
+"""Per destination: sequence each order's events, batch orders from every record in flight, claim
+them in the ledger, send, retry, isolate rejected orders, and pause on credential problems.
 
-    submit(order) ──▶ queue ──▶ batch (size or linger) ──▶ claim ──▶ send ──▶ mark delivered
-                                                    ▲                 │
-                                                    └── retry/bisect ─┘
-A record awaits the `Result` of each of its orders; the worker never dead-letters by itself: a
-rejected order comes back as `Outcome.REJECTED` and the pipeline writes the dead letter.
+    submit(order) ──▶ per-order chain ──▶ queue ──▶ batch ──▶ claim ──▶ send ──▶ mark delivered
+                                                       ▲                 │
+                                                       └── retry/bisect ─┘
+Per-order sequencing: an order's events reach the vendor in topic order. A later event with the
+same payload shares the send in flight; one with another payload waits until the earlier send
+settled, then the ledger judges it (sent again where the vendor updates, otherwise kept).
+Each record is told its outcome through its `Ticket`; the worker never dead-letters by itself:
+a rejected order comes back as `Outcome.REJECTED` and the lane writes the dead letter.
 """
 
 from __future__ import annotations
@@ -13,49 +16,64 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+import orjson
 
 from consumer import faultpoints
 from consumer.deliver.destination import Destination, Outbound
 from consumer.deliver.http import idempotency_key
 from consumer.deliver.retry import Backoff, persist
-from consumer.errors import LedgerError, PauseError, RejectedError, TransientError
+from consumer.errors import (
+    DeliveryError,
+    FailedRequestError,
+    LedgerError,
+    PauseError,
+    RejectedError,
+    TransientError,
+)
 from consumer.ledger import ClaimRequest, Ledger, State
 from consumer.logs import get_logger
 from consumer.model import Payload
 
 log = get_logger(__name__)
 _T = TypeVar("_T")
+INTERNAL_ERROR = "internal_error"
+VENDOR = "vendor"  # the hold a vendor's credentials or configuration problem puts on
 
 
 class Outcome(enum.Enum):
     DELIVERED = "delivered"
-    DUPLICATE = "duplicate"  # already delivered (ledger) or the same order already in flight
+    DUPLICATE = "duplicate"  # the vendor already holds this very payload
+    KEPT = "kept"  # the vendor holds an earlier payload of the order and takes no updates
+    STALE = "stale"  # the vendor holds the payload of a later event of the order
     ALREADY_DEAD_LETTERED = "already_dead_lettered"
-    REJECTED = "rejected"
+    REJECTED = "rejected"  # the lane dead-letters it
+    ABANDONED = "abandoned"  # its partition was revoked before the send: the next owner has it
+    # Settled by the lane, never by the worker:
+    SKIPPED = "skipped"  # the destination's rules leave the order out
+    UNDECODABLE = "undecodable"  # the record never became an order (dead-lettered as `*`)
+    DEAD_LETTERED = "dead_lettered"
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    outcome: Outcome
-    error: RejectedError | None = None
-    attempts: int = 0
-
-
-@dataclass(slots=True)
-class _Pending:
-    outbound: Outbound
-    payload_hash: str
-    future: asyncio.Future[Result]
-    attempts: int = 0
+class Ticket(Protocol):
+    """What the worker needs of one record: where it came from and whom to tell."""
 
     @property
-    def order_number(self) -> str:
-        return self.outbound.order_number
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def abandoned(self) -> bool:
+        """True once the record's partition was revoked: its outcome can move no offset."""
+        ...
+
+    def settle(self, outcome: Outcome, error: RejectedError | None = None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -69,9 +87,33 @@ class Health:
             self.state, self.reason, self.since = state, reason, time.time()
 
 
+@dataclass(eq=False, slots=True)
+class _Send:
+    """One payload of one order, and every record waiting for it."""
+
+    outbound: Outbound
+    payload_hash: str
+    tickets: list[Ticket]
+    next: _Send | None = None  # the order's next payload: sent once this one settled
+    attempts: int = 0  # requests that carried it
+    failures: int = 0  # unexpected errors while handling it
+    in_air: bool = False  # a request carrying it may have reached the vendor
+    settled: bool = False
+
+    @property
+    def order_number(self) -> str:
+        return self.outbound.order_number
+
+    def request(self) -> ClaimRequest:
+        """The claim, from the latest record sharing this payload."""
+        last = max(self.tickets, key=lambda t: t.offset)
+        return ClaimRequest(self.order_number, self.payload_hash, last.partition, last.offset)
+
+
 def payload_hash(payload: Payload) -> str:
-    canonical = json.dumps(payload.items, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """A hash of what is sent (canonical JSON of the order's entries)."""
+    canonical = orjson.dumps(payload.items, option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(canonical).hexdigest()
 
 
 class DestinationWorker:
@@ -87,6 +129,8 @@ class DestinationWorker:
         backoff: Backoff,
         credentials_retry_s: float,
         lease_s: float,
+        failed_request_attempts: int = 5,
+        internal_error_retries: int = 5,
         force: bool = False,
     ) -> None:
         self.destination = destination
@@ -99,37 +143,65 @@ class DestinationWorker:
         self._backoff = backoff
         self._credentials_retry_s = credentials_retry_s
         self._lease_s = lease_s
+        self._failed_request_attempts = failed_request_attempts
+        self._internal_error_retries = internal_error_retries
         self._force = force
-        self._queue: list[_Pending] = []
-        self._in_flight: dict[str, _Pending] = {}
+        self._orders: dict[str, _Send] = {}  # order number → the last payload submitted
+        self._claimed: dict[str, _Send] = {}
+        self._queue: list[_Send] = []
         self._wakeup = asyncio.Event()
-        self._open = asyncio.Event()
+        self._open = asyncio.Event()  # cleared while the destination is paused
         self._open.set()
+        self._pause_reasons: set[str] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
+        self.internal_errors = 0
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name=f"worker-{self.name}")
 
-    async def submit(self, order_number: str, payload: Payload) -> Result:
-        """Deliver one order's payload; resolves when it is delivered, a duplicate, or rejected."""
-        if (pending := self._in_flight.get(order_number)) is not None:
-            result = await asyncio.shield(pending.future)
-            return Result(Outcome.DUPLICATE) if result.outcome is Outcome.DELIVERED else result
-        loop = asyncio.get_running_loop()
-        pending = _Pending(Outbound(order_number, payload.items), payload_hash(payload),
-                           loop.create_future())  # fmt: skip
-        self._in_flight[order_number] = pending
-        self._enqueue(pending)
-        try:
-            return await asyncio.shield(pending.future)
-        finally:
-            if pending.future.done():
-                self._in_flight.pop(order_number, None)
+    def submit(self, order_number: str, payload: Payload, ticket: Ticket, digest: str) -> None:
+        """Deliver one record's payload (`digest`: its `payload_hash`); the ticket is told the
+        outcome."""
+        last = self._orders.get(order_number)
+        if last is not None and last.payload_hash == digest and not last.settled:
+            last.tickets.append(ticket)  # the same payload in flight: one send serves both
+            return
+        send = _Send(Outbound(order_number, payload.items), digest, [ticket])
+        self._orders[order_number] = send
+        if last is not None and not last.settled:
+            last.next = send  # topic order: wait for the earlier payload to settle
+        else:
+            self._enqueue(send)
 
-    def _enqueue(self, pending: _Pending) -> None:
-        self._queue.append(pending)
+    @property
+    def pending(self) -> int:
+        """Orders submitted and not settled yet."""
+        return len(self._orders)
+
+    @property
+    def paused(self) -> bool:
+        return not self._open.is_set()
+
+    def hold(self, cause: str, reason: str) -> None:
+        """Pause this destination for `cause` (the vendor, the dead-letter brake) until
+        `release_hold(cause)`; `reason` is what operators see."""
+        self._pause_reasons.add(cause)
+        self._open.clear()
+        self.health.set("paused", reason)
+
+    def release_hold(self, cause: str) -> None:
+        self._pause_reasons.discard(cause)
+        if not self._pause_reasons:
+            self._open.set()
+            if self.health.state == "paused":
+                self.health.set("ok")
+
+    # ---- batching ------------------------------------------------------------------------------
+
+    def _enqueue(self, send: _Send) -> None:
+        self._queue.append(send)
         self._wakeup.set()
 
     async def _run(self) -> None:
@@ -139,9 +211,9 @@ class DestinationWorker:
                 await asyncio.sleep(self._linger_s)  # let concurrent records fill the batch
             self._wakeup.clear()
             while self._queue:
+                await self._slots.acquire()
                 batch = self._queue[: self.destination.max_batch]
                 del self._queue[: len(batch)]
-                await self._slots.acquire()
                 task = asyncio.create_task(self._flush(batch))
                 self._tasks.add(task)
                 task.add_done_callback(self._flush_done)
@@ -149,154 +221,226 @@ class DestinationWorker:
     def _flush_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("delivery.worker_crashed", destination=self.name, error=repr(exc))
 
-    async def _flush(self, batch: list[_Pending]) -> None:
+    async def _flush(self, batch: list[_Send]) -> None:
         try:
+            await self._open.wait()  # paused: only the batch that is failing probes
             ready = await self._claim(batch)
             if ready:
                 await self._deliver(ready)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # never strand a record: fail its futures so it is retried
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-            raise
+        except Exception as exc:  # a bug: never strand a record
+            self._internal_error(batch, exc)
 
-    async def _claim(self, batch: list[_Pending]) -> list[_Pending]:
-        requests = [ClaimRequest(p.order_number, p.payload_hash) for p in batch]
+    def _internal_error(self, batch: Sequence[_Send], exc: Exception) -> None:
+        """Retry each unsettled send later, a bounded number of times; then reject it as
+        `internal_error` so the lane dead-letters it. The order's chain waits meanwhile."""
+        self.internal_errors += 1
+        log.error("delivery.internal_error", destination=self.name, orders=len(batch),
+                  error_type=type(exc).__name__, error=str(exc)[:500])  # fmt: skip
+        loop = asyncio.get_running_loop()
+        for send in batch:
+            if send.settled:
+                continue
+            self._claimed.pop(send.order_number, None)
+            send.failures += 1
+            if send.failures > self._internal_error_retries:
+                error = RejectedError(f"{type(exc).__name__}: {exc}"[:500],
+                                      error_class=INTERNAL_ERROR)  # fmt: skip
+                self._settle(send, Outcome.REJECTED, error)
+            else:
+                loop.call_later(self._backoff.delay(send.failures - 1), self._enqueue, send)
+
+    # ---- claims --------------------------------------------------------------------------------
+
+    async def _claim(self, batch: list[_Send]) -> list[_Send]:
+        """Claim what is still wanted; settle what the ledger already knows; re-queue what
+        another live instance is sending."""
+        live: list[_Send] = []
+        for send in batch:
+            if send.settled:
+                continue
+            if all(t.abandoned for t in send.tickets) and not send.in_air:
+                self._settle(send, Outcome.ABANDONED)
+            else:
+                live.append(send)
+        if not live:
+            return []
         states = await self._with_ledger_retry(
             lambda: self._ledger.claim(
-                self.name, requests, owner=self._owner, lease_s=self._lease_s,
-                resend_changed=self.destination.resend_changed, force=self._force,
+                self.name, [s.request() for s in live], owner=self._owner,
+                lease_s=self._lease_s, resend_changed=self.destination.resend_changed,
+                force=self._force,
             )
         )  # fmt: skip
-        ready: list[_Pending] = []
-        busy: list[_Pending] = []
-        for pending in batch:
-            state = states[pending.order_number]
+        ready: list[_Send] = []
+        busy: list[_Send] = []
+        for send in live:
+            state = states[send.order_number]
             if state is State.CLAIMED:
-                ready.append(pending)
+                self._claimed[send.order_number] = send
+                ready.append(send)
             elif state is State.BUSY:
-                busy.append(pending)
-            elif state is State.DELIVERED:
-                pending.future.set_result(Result(Outcome.DUPLICATE))
+                busy.append(send)
             else:
-                pending.future.set_result(Result(Outcome.ALREADY_DEAD_LETTERED))
+                self._settle(send, _SETTLED_BY_LEDGER[state])
         if busy:
             # Another live instance is sending these; ask again once its lease may have ended.
             log.info("delivery.claim_busy", destination=self.name, orders=len(busy))
             loop = asyncio.get_running_loop()
             delay = min(self._lease_s / 4, 5.0)
-            for pending in busy:
-                loop.call_later(delay, self._enqueue, pending)
+            for send in busy:
+                loop.call_later(delay, self._enqueue, send)
         return ready
 
-    async def _deliver(self, batch: list[_Pending]) -> None:
+    # ---- sending -------------------------------------------------------------------------------
+
+    async def _deliver(self, batch: list[_Send], *, bisected: bool = False) -> None:
         attempt = 0
+        failures = self._failed_request_attempts if bisected else 0
         while batch:
-            if attempt == 0:
-                await self._open.wait()  # paused: a batch already failing is the one that probes
-            else:
-                batch = await self._renew(batch)
+            if attempt > 0:
+                batch = await self._claim(batch)  # renew our leases; drop what settled
                 if not batch:
                     return
-            key = idempotency_key(self._secret, self.name, [p.order_number for p in batch])
-            for pending in batch:
-                pending.attempts += 1
+            key = idempotency_key(self._secret, self.name, [s.order_number for s in batch])
+            for send in batch:
+                send.attempts += 1
+                send.in_air = True
             try:
-                await self.destination.send([p.outbound for p in batch], idempotency_key=key)
-            except TransientError as exc:
-                delay = self._backoff.delay(attempt, retry_after=exc.retry_after)
-                self.health.set("retrying", exc.message)
-                log.warning("delivery.retry", destination=self.name, orders=len(batch),
-                            status=exc.status, error=exc.message, attempt=attempt + 1,
-                            retry_in_s=round(delay, 3))  # fmt: skip
-                await asyncio.sleep(delay)
-                attempt += 1
-                continue
-            except PauseError as exc:
-                await self._pause(exc)
-                attempt += 1
-                continue
-            except RejectedError as exc:
-                # The vendor judged the orders, so it accepted the credentials: a pause is over.
-                # (Left closed, the isolated rest and bisected halves would wait on the gate
-                # below with nobody left to probe: the destination would stall for good.)
-                self._open.set()
-                self.health.set("ok")
-                batch = await self._isolate(batch, exc)
-                attempt = 0
+                await self.destination.send([s.outbound for s in batch], idempotency_key=key)
+            except DeliveryError as exc:
+                if exc.status is not None:  # the vendor answered: it did not take the request
+                    for send in batch:
+                        send.in_air = False
+                if isinstance(exc, FailedRequestError):
+                    failures += 1
+                    if failures >= self._failed_request_attempts:
+                        exc = RejectedError(exc.message, status=exc.status,
+                                            error_class=exc.error_class)  # fmt: skip
+                if isinstance(exc, TransientError | FailedRequestError):
+                    await self._retry_later(batch, exc, attempt)
+                    attempt += 1
+                elif isinstance(exc, PauseError):
+                    await self._pause(exc)
+                    attempt += 1
+                elif isinstance(exc, RejectedError):
+                    # The vendor judged the orders, so it accepted the credentials: a pause
+                    # is over (left closed, the isolated rest would wait with no one to probe).
+                    self._resume()
+                    batch = await self._isolate(batch, exc)
+                    attempt = 1 if batch else 0
                 continue
             faultpoints.reached("after_vendor_accepted")
             await self._delivered(batch)
             faultpoints.reached("after_ledger_write")
             return
 
-    async def _isolate(self, batch: list[_Pending], exc: RejectedError) -> list[_Pending]:
-        """Dead-letter exactly the culprits; bisect when the vendor named none. Returns the
-        orders to send again."""
+    async def _retry_later(
+        self, batch: Sequence[_Send], exc: TransientError | FailedRequestError, attempt: int
+    ) -> None:
+        delay = self._backoff.delay(attempt, retry_after=exc.retry_after)
+        self.health.set("retrying", exc.message)
+        log.warning("delivery.retry", destination=self.name, orders=len(batch),
+                    status=exc.status, error=exc.message, attempt=attempt + 1,
+                    retry_in_s=round(delay, 3))  # fmt: skip
+        await asyncio.sleep(delay)
+
+    async def _isolate(self, batch: list[_Send], exc: RejectedError) -> list[_Send]:
+        """Reject exactly the culprits; bisect when the vendor named none. Returns the orders
+        to send again."""
         if exc.culprits:
             culprits = {i for i in exc.culprits if i < len(batch)}
             for i in sorted(culprits):
-                reason = RejectedError(exc.culprits[i], status=exc.status)
-                await self._reject(batch[i], reason)
-            return [p for i, p in enumerate(batch) if i not in culprits]
+                reason = RejectedError(exc.culprits[i], status=exc.status,
+                                       error_class=exc.error_class)  # fmt: skip
+                self._reject(batch[i], reason)
+            return [s for i, s in enumerate(batch) if i not in culprits]
         if len(batch) == 1:
-            await self._reject(batch[0], exc)
+            self._reject(batch[0], exc)
             return []
         middle = len(batch) // 2
         log.info("delivery.bisect", destination=self.name, orders=len(batch), status=exc.status)
-        await asyncio.gather(self._deliver(batch[:middle]), self._deliver(batch[middle:]))
+        await asyncio.gather(
+            self._deliver(batch[:middle], bisected=True),
+            self._deliver(batch[middle:], bisected=True),
+        )
         return []
 
-    async def _reject(self, pending: _Pending, exc: RejectedError) -> None:
-        log.warning("delivery.rejected", destination=self.name, order_number=pending.order_number,
-                    status=exc.status, error=exc.message)  # fmt: skip
-        # The claim is given back: the pipeline records dead_lettered once the DLQ has it.
-        await self._with_ledger_retry(
-            lambda: self._ledger.release(self.name, [pending.order_number], owner=self._owner)
-        )
-        pending.future.set_result(Result(Outcome.REJECTED, exc, pending.attempts))
+    def _reject(self, send: _Send, exc: RejectedError) -> None:
+        # The claim stays until the lane recorded the dead letter (which releases it), so no
+        # other instance sends the refused payload meanwhile.
+        log.warning("delivery.rejected", destination=self.name, order_number=send.order_number,
+                    status=exc.status, error_class=exc.error_class)  # fmt: skip
+        self._claimed.pop(send.order_number, None)
+        self._settle(send, Outcome.REJECTED, exc)
 
     async def _pause(self, exc: PauseError) -> None:
-        self._open.clear()
-        self.health.set("paused", exc.message)
-        log.error("delivery.paused", destination=self.name, status=exc.status, error=exc.message,
+        self.hold(VENDOR, exc.message)
+        log.error("delivery.paused", destination=self.name, status=exc.status,
+                  error_class=exc.error_class, error=exc.message,
                   retry_in_s=self._credentials_retry_s)  # fmt: skip
         await asyncio.sleep(self._credentials_retry_s)
 
-    async def _renew(self, batch: list[_Pending]) -> list[_Pending]:
-        """Keep our claims alive across retries; drop orders someone else finished meanwhile."""
-        ready = await self._claim(batch)
-        return ready
+    def _resume(self) -> None:
+        if VENDOR in self._pause_reasons:
+            log.info("delivery.resumed", destination=self.name)
+        self.release_hold(VENDOR)
+        if self.health.state == "retrying":
+            self.health.set("ok")
 
-    async def _delivered(self, batch: list[_Pending]) -> None:
-        requests = [ClaimRequest(p.order_number, p.payload_hash) for p in batch]
+    async def _delivered(self, batch: list[_Send]) -> None:
+        requests = [s.request() for s in batch]
         await self._with_ledger_retry(
             lambda: self._ledger.mark_delivered(self.name, requests, owner=self._owner)
         )
-        self._open.set()
-        self.health.set("ok")
-        log.info("delivery.sent", destination=self.name, orders=len(batch),
-                 attempts=max(p.attempts for p in batch))  # fmt: skip
-        for pending in batch:
-            pending.future.set_result(Result(Outcome.DELIVERED, attempts=pending.attempts))
+        self._resume()
+        log.debug("delivery.sent", destination=self.name, orders=len(batch),
+                  attempts=max(s.attempts for s in batch))  # fmt: skip
+        for send in batch:
+            self._claimed.pop(send.order_number, None)
+            self._settle(send, Outcome.DELIVERED)
+
+    def _settle(self, send: _Send, outcome: Outcome, error: RejectedError | None = None) -> None:
+        """Tell every record waiting for this payload, then let the order's next payload go."""
+        send.settled = True
+        first, *rest = send.tickets
+        first.settle(outcome, error)
+        shared = _SHARED.get(outcome, outcome)
+        for ticket in rest:
+            ticket.settle(shared, None)
+        if send.next is not None:
+            self._enqueue(send.next)
+        elif self._orders.get(send.order_number) is send:
+            del self._orders[send.order_number]
 
     async def _with_ledger_retry(self, operation: Callable[[], Awaitable[_T]]) -> _T:
         return await persist(operation, backoff=self._backoff, retry_on=LedgerError,
                              event="ledger.retry", destination=self.name)  # fmt: skip
 
-    @property
-    def pending(self) -> int:
-        return len(self._in_flight)
-
     async def aclose(self) -> None:
+        """Stop sending; give back the claims of orders no request carried (or whose request
+        the vendor answered), so the next owner does not count them as the open window."""
         if self._runner is not None:
             self._runner.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        unsent = [n for n, send in self._claimed.items() if not send.in_air]
+        if unsent:
+            try:
+                await self._ledger.release(self.name, unsent, owner=self._owner)
+            except LedgerError as exc:
+                log.warning("ledger.release_failed", destination=self.name, error=str(exc))
         await self.destination.aclose()
+
+
+# What the other records sharing a send hear: the first one carried the news.
+_SHARED = {Outcome.DELIVERED: Outcome.DUPLICATE, Outcome.REJECTED: Outcome.ALREADY_DEAD_LETTERED}
+_SETTLED_BY_LEDGER = {
+    State.DELIVERED: Outcome.DUPLICATE,
+    State.KEPT: Outcome.KEPT,
+    State.STALE: Outcome.STALE,
+    State.DEAD_LETTERED: Outcome.ALREADY_DEAD_LETTERED,
+}

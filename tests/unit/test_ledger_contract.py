@@ -27,8 +27,9 @@ def run(coro):  # type: ignore[no-untyped-def]
 
 
 async def deliver(ledger, destination: str, request: ClaimRequest, owner: str = A) -> None:  # type: ignore[no-untyped-def]
-    assert await ledger.claim(destination, [request], owner=owner, lease_s=60,
-                              resend_changed=True) == {request.order_number: State.CLAIMED}  # fmt: skip
+    claimed = await ledger.claim(destination, [request], owner=owner, lease_s=60,
+                                 resend_changed=True)  # fmt: skip
+    assert claimed == {request.order_number: State.CLAIMED}
     await ledger.mark_delivered(destination, [request], owner=owner)
 
 
@@ -227,7 +228,8 @@ def test_a_first_schema_sqlite_ledger_is_migrated_with_its_facts(tmp_path) -> No
                DEFAULT 0, claims INTEGER NOT NULL DEFAULT 0, taken_over INTEGER NOT NULL
                DEFAULT 0, claimed_at REAL, completed_at REAL, reason TEXT,
                PRIMARY KEY (destination, order_number)) WITHOUT ROWID;
-           INSERT INTO deliveries VALUES ('nibble', '1', 'delivered', 'h1', 'x', 0, 1, 0, 1, 2, NULL);
+           INSERT INTO deliveries VALUES ('nibble', '1', 'delivered', 'h1', 'x', 0, 1, 0, 1, 2,
+                                          NULL);
            INSERT INTO deliveries VALUES ('nudgify', '2', 'dead_lettered', NULL, 'x', 0, 0, 0,
                                           NULL, 2, 'Email is required.');
            INSERT INTO deliveries VALUES ('custobar', '3', 'claimed', 'h3', 'x', 9e99, 1, 0, 1,

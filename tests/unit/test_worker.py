@@ -1,16 +1,21 @@
-"""Batching, retries, isolation of rejected orders and credential pauses, as a vendor sees them."""
+"""Batching, per-order sequencing, retries, isolation of rejected orders and pauses, as a vendor
+sees them: what it received, in which order, and what each record was told."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-
-import pytest
+from dataclasses import dataclass, field
 
 from consumer.deliver.destination import Outbound
 from consumer.deliver.retry import Backoff
-from consumer.deliver.worker import DestinationWorker, Outcome
-from consumer.errors import CredentialsError, RejectedError, TransientError
+from consumer.deliver.worker import DestinationWorker, Outcome, payload_hash
+from consumer.errors import (
+    CredentialsError,
+    FailedRequestError,
+    RejectedError,
+    TransientError,
+)
 from consumer.ledger import ClaimRequest, Ledger, State
 from consumer.model import Order, Payload, TransformResult
 
@@ -21,12 +26,12 @@ class FakeVendor:
     """A vendor stand-in: records every request; `behaviour` decides each answer."""
 
     name = "fake"
-    resend_changed = False
 
-    def __init__(self, max_batch: int = 50) -> None:
+    def __init__(self, max_batch: int = 50, *, resend_changed: bool = False) -> None:
         self.max_batch = max_batch
+        self.resend_changed = resend_changed
         self.requests: list[list[str]] = []
-        self.accepted: list[str] = []
+        self.accepted: list[tuple[str, str]] = []  # (order number, version), in arrival order
         self.behaviour: Callable[[list[str]], Exception | None] = lambda numbers: None
 
     def transform(self, order: Order) -> TransformResult:  # pragma: no cover - unused here
@@ -38,10 +43,36 @@ class FakeVendor:
         await asyncio.sleep(0)
         if (error := self.behaviour(numbers)) is not None:
             raise error
-        self.accepted.extend(numbers)
+        self.accepted.extend((o.order_number, o.items[0]["version"]) for o in batch)
+
+    def holds(self) -> dict[str, str]:
+        """What an updating vendor holds at the end: the last version accepted per order."""
+        return dict(self.accepted)
 
     async def aclose(self) -> None:
         pass
+
+
+@dataclass(eq=False)
+class RecordTicket:
+    """A record as the worker sees it; remembers what it was told."""
+
+    partition: int
+    offset: int
+    abandoned: bool = False
+    outcomes: list[Outcome] = field(default_factory=list)
+    errors: list[RejectedError | None] = field(default_factory=list)
+    told: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def settle(self, outcome: Outcome, error: RejectedError | None = None) -> None:
+        self.outcomes.append(outcome)
+        self.errors.append(error)
+        self.told.set()
+
+    @property
+    def outcome(self) -> Outcome:
+        assert len(self.outcomes) == 1, f"told {self.outcomes}"
+        return self.outcomes[0]
 
 
 def worker(vendor: FakeVendor, ledger: Ledger, **overrides: object) -> DestinationWorker:
@@ -53,17 +84,38 @@ def worker(vendor: FakeVendor, ledger: Ledger, **overrides: object) -> Destinati
     return DestinationWorker(vendor, ledger, **options)  # type: ignore[arg-type]
 
 
-def payload(number: str) -> Payload:
-    return Payload(items=({"order_number": number},))
+def payload(number: str, version: str = "v1") -> Payload:
+    return Payload(items=({"order_number": number, "version": version},))
+
+
+class Stream:
+    """Records submitted in topic order (offsets count up per call)."""
+
+    def __init__(self, w: DestinationWorker) -> None:
+        self.w = w
+        self.tickets: list[RecordTicket] = []
+
+    def submit(self, number: str, version: str = "v1", *, partition: int = 0) -> RecordTicket:
+        ticket = RecordTicket(partition, len(self.tickets))
+        body = payload(number, version)
+        self.w.submit(number, body, ticket, payload_hash(body))
+        self.tickets.append(ticket)
+        return ticket
+
+    async def settled(self, timeout_s: float = 10) -> list[Outcome]:
+        await asyncio.wait_for(asyncio.gather(*(t.told.wait() for t in self.tickets)), timeout_s)
+        return [t.outcome for t in self.tickets]
 
 
 async def deliver_all(w: DestinationWorker, numbers: Sequence[str]) -> list[Outcome]:
     w.start()
+    stream = Stream(w)
     try:
-        results = await asyncio.gather(*(w.submit(n, payload(n)) for n in numbers))
+        for number in numbers:
+            stream.submit(number)
+        return await stream.settled()
     finally:
         await w.aclose()
-    return [r.outcome for r in results]
 
 
 def test_orders_from_many_records_share_requests_of_at_most_the_batch_size(ledger) -> None:  # type: ignore[no-untyped-def]
@@ -72,7 +124,7 @@ def test_orders_from_many_records_share_requests_of_at_most_the_batch_size(ledge
     outcomes = asyncio.run(deliver_all(worker(vendor, ledger), numbers))
     assert outcomes == [Outcome.DELIVERED] * 120
     assert [len(r) for r in vendor.requests] == [50, 50, 20]
-    assert sorted(vendor.accepted) == sorted(numbers)
+    assert sorted(n for n, _ in vendor.accepted) == sorted(numbers)
 
 
 def test_transient_failures_are_retried_until_delivered_once(ledger) -> None:  # type: ignore[no-untyped-def]
@@ -82,7 +134,7 @@ def test_transient_failures_are_retried_until_delivered_once(ledger) -> None:  #
     outcomes = asyncio.run(deliver_all(worker(vendor, ledger), ["A", "B"]))
     assert outcomes == [Outcome.DELIVERED, Outcome.DELIVERED]
     assert len(vendor.requests) == 3
-    assert vendor.accepted == ["A", "B"]
+    assert [n for n, _ in vendor.accepted] == ["A", "B"]
 
 
 def test_retry_after_is_honoured(ledger) -> None:  # type: ignore[no-untyped-def]
@@ -109,8 +161,9 @@ def test_a_rejection_naming_nobody_is_bisected_to_the_one_bad_order(ledger) -> N
     outcomes = asyncio.run(deliver_all(worker(vendor, ledger), numbers))
     assert outcomes.count(Outcome.REJECTED) == 1
     assert outcomes[17] is Outcome.REJECTED
-    assert sorted(vendor.accepted) == sorted(n for n in numbers if n != "O17")
-    assert len(vendor.accepted) == len(set(vendor.accepted))  # every good order exactly once
+    accepted = [n for n, _ in vendor.accepted]
+    assert sorted(accepted) == sorted(n for n in numbers if n != "O17")
+    assert len(accepted) == len(set(accepted))  # every good order exactly once
     # One culprit among 50 costs two requests per halving, not one request per order.
     assert len(vendor.requests) <= 1 + 2 * 6
 
@@ -129,7 +182,37 @@ def test_a_rejection_naming_its_culprits_removes_exactly_those(ledger) -> None: 
         "O3", "O8"
     ]  # fmt: skip
     assert len(vendor.requests) == 2
-    assert sorted(vendor.accepted) == sorted(n for n in numbers if n not in ("O3", "O8"))
+    assert sorted(n for n, _ in vendor.accepted) == sorted(
+        n for n in numbers if n not in ("O3", "O8")
+    )
+
+
+def test_a_conflict_is_retried_a_few_times_then_dead_lettered_as_a_conflict(ledger) -> None:  # type: ignore[no-untyped-def]
+    vendor = FakeVendor(max_batch=10)
+    vendor.behaviour = lambda numbers: (
+        FailedRequestError("conflict", status=409, error_class="conflict")
+        if "B" in numbers
+        else None
+    )
+    w = worker(vendor, ledger, failed_request_attempts=3)
+
+    async def scenario() -> Stream:
+        w.start()
+        stream = Stream(w)
+        for number in ("A", "B", "C"):
+            stream.submit(number)
+        await stream.settled()
+        await w.aclose()
+        return stream
+
+    stream = asyncio.run(scenario())
+    assert [t.outcome for t in stream.tickets] == [
+        Outcome.DELIVERED, Outcome.REJECTED, Outcome.DELIVERED
+    ]  # fmt: skip
+    error = stream.tickets[1].errors[0]
+    assert error is not None and error.error_class == "conflict" and error.status == 409
+    assert len(vendor.requests) <= 3 + 2 * 2  # bounded: three tries, then bisection
+    assert sorted(n for n, _ in vendor.accepted) == ["A", "C"]
 
 
 def test_wrong_credentials_pause_delivery_and_never_reject_orders(ledger) -> None:  # type: ignore[no-untyped-def]
@@ -146,60 +229,191 @@ def test_wrong_credentials_pause_delivery_and_never_reject_orders(ledger) -> Non
 
     async def scenario() -> list[Outcome]:
         w.start()
-        task = asyncio.gather(*(w.submit(n, payload(n)) for n in ("A", "B")))
-        while not task.done():
+        stream = Stream(w)
+        stream.submit("A")
+        stream.submit("B")
+        waiting = asyncio.ensure_future(stream.settled())
+        while not waiting.done():
             seen_states.append(w.health.state)
             await asyncio.sleep(0.002)
         await w.aclose()
-        return [r.outcome for r in task.result()]
+        return waiting.result()
 
     assert asyncio.run(scenario()) == [Outcome.DELIVERED, Outcome.DELIVERED]
     assert "paused" in seen_states
     assert w.health.state == "ok"
 
 
-def test_the_same_order_in_flight_twice_is_sent_once(ledger) -> None:  # type: ignore[no-untyped-def]
+def test_the_same_payload_in_flight_twice_is_sent_once(ledger) -> None:  # type: ignore[no-untyped-def]
     vendor = FakeVendor()
-    w = worker(vendor, ledger)
 
     async def scenario() -> list[Outcome]:
+        w = worker(vendor, ledger)
         w.start()
-        results = await asyncio.gather(w.submit("A", payload("A")), w.submit("A", payload("A")))
+        stream = Stream(w)
+        stream.submit("A")
+        stream.submit("A")
+        outcomes = await stream.settled()
         await w.aclose()
-        return sorted(r.outcome.value for r in results)  # type: ignore[return-value]
+        return outcomes
 
-    assert asyncio.run(scenario()) == ["delivered", "duplicate"]
-    assert vendor.accepted == ["A"]
+    assert asyncio.run(scenario()) == [Outcome.DELIVERED, Outcome.DUPLICATE]
+    assert vendor.accepted == [("A", "v1")]
+
+
+def test_a_later_state_in_flight_is_sent_after_the_earlier_one_where_the_vendor_updates(
+    ledger,
+) -> None:  # type: ignore[no-untyped-def]
+    """The finding: COMPLETE then CANCELLED in one backlog must end CANCELLED at Custobar."""
+    vendor = FakeVendor(resend_changed=True)
+
+    async def scenario() -> list[Outcome]:
+        w = worker(vendor, ledger)
+        w.start()
+        stream = Stream(w)
+        stream.submit("A", "complete")
+        stream.submit("B", "complete")
+        stream.submit("A", "cancelled")
+        stream.submit("A", "complete")  # and back again
+        stream.submit("A", "complete")  # an exact repeat of the last: shares its send
+        outcomes = await stream.settled()
+        await w.aclose()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes == [Outcome.DELIVERED, Outcome.DELIVERED, Outcome.DELIVERED,
+                        Outcome.DELIVERED, Outcome.DUPLICATE]  # fmt: skip
+    assert [v for n, v in vendor.accepted if n == "A"] == ["complete", "cancelled", "complete"]
+    assert vendor.holds() == {"A": "complete", "B": "complete"}
+
+
+def test_a_later_state_is_kept_out_where_the_vendor_takes_no_updates(ledger) -> None:  # type: ignore[no-untyped-def]
+    vendor = FakeVendor(resend_changed=False)
+
+    async def scenario() -> list[Outcome]:
+        w = worker(vendor, ledger)
+        w.start()
+        stream = Stream(w)
+        stream.submit("A", "complete")
+        stream.submit("A", "amended")
+        outcomes = await stream.settled()
+        await w.aclose()
+        return outcomes
+
+    assert asyncio.run(scenario()) == [Outcome.DELIVERED, Outcome.KEPT]
+    assert vendor.accepted == [("A", "complete")]
+
+
+def test_a_replayed_older_event_never_rolls_the_vendor_back(ledger) -> None:  # type: ignore[no-untyped-def]
+    vendor = FakeVendor(resend_changed=True)
+
+    async def scenario() -> list[Outcome]:
+        later = payload("A", "cancelled")
+        request = ClaimRequest("A", payload_hash(later), 0, 7)
+        await ledger.claim("fake", [request], owner="old", lease_s=60)
+        await ledger.mark_delivered("fake", [request], owner="old")
+        w = worker(vendor, ledger)
+        w.start()
+        stream = Stream(w)
+        stream.submit("A", "complete")  # offset 0: older than the delivered offset 7
+        outcomes = await stream.settled()
+        await w.aclose()
+        return outcomes
+
+    assert asyncio.run(scenario()) == [Outcome.STALE]
+    assert vendor.accepted == []
 
 
 def test_orders_already_in_the_ledger_are_not_sent(ledger) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> list[Outcome]:
-        await ledger.claim("fake", [ClaimRequest("A", "x")], owner="old", lease_s=60)
-        await ledger.mark_delivered("fake", [ClaimRequest("A", "x")], owner="old")
+        digest = payload_hash(payload("A"))
+        await ledger.claim("fake", [ClaimRequest("A", digest)], owner="old", lease_s=60)
+        await ledger.mark_delivered("fake", [ClaimRequest("A", digest)], owner="old")
         return await deliver_all(worker(vendor, ledger), ["A", "B"])
 
     vendor = FakeVendor()
     assert asyncio.run(scenario()) == [Outcome.DUPLICATE, Outcome.DELIVERED]
-    assert vendor.accepted == ["B"]
+    assert vendor.accepted == [("B", "v1")]
 
 
-@pytest.mark.parametrize("force", [True])
-def test_resend_mode_sends_delivered_orders_again(ledger, force: bool) -> None:  # type: ignore[no-untyped-def]
+def test_resend_mode_sends_delivered_orders_again(ledger) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> list[Outcome]:
-        await ledger.claim("fake", [ClaimRequest("A", "x")], owner="old", lease_s=60)
-        await ledger.mark_delivered("fake", [ClaimRequest("A", "x")], owner="old")
-        return await deliver_all(worker(vendor, ledger, force=force), ["A"])
+        digest = payload_hash(payload("A"))
+        await ledger.claim("fake", [ClaimRequest("A", digest)], owner="old", lease_s=60)
+        await ledger.mark_delivered("fake", [ClaimRequest("A", digest)], owner="old")
+        return await deliver_all(worker(vendor, ledger, force=True), ["A"])
 
     vendor = FakeVendor()
     assert asyncio.run(scenario()) == [Outcome.DELIVERED]
-    assert vendor.accepted == ["A"]
+    assert vendor.accepted == [("A", "v1")]
 
 
-def test_delivered_orders_are_recorded_in_the_ledger(ledger) -> None:  # type: ignore[no-untyped-def]
+def test_records_of_a_revoked_partition_are_not_sent(ledger) -> None:  # type: ignore[no-untyped-def]
     vendor = FakeVendor()
 
-    async def scenario() -> dict[str, State]:
-        await deliver_all(worker(vendor, ledger), ["A", "B"])
-        return await ledger.states("fake", ["A", "B"])
+    async def scenario() -> list[Outcome]:
+        w = worker(vendor, ledger)
+        stream = Stream(w)
+        gone = stream.submit("A")
+        gone.abandoned = True
+        stream.submit("B")
+        w.start()
+        outcomes = await stream.settled()
+        await w.aclose()
+        return outcomes
 
-    assert asyncio.run(scenario()) == {"A": State.DELIVERED, "B": State.DELIVERED}
+    assert asyncio.run(scenario()) == [Outcome.ABANDONED, Outcome.DELIVERED]
+    assert vendor.accepted == [("B", "v1")]
+
+
+class FlakyLedger:
+    """The real ledger, but `claim` raises an unexpected error `failures` times."""
+
+    def __init__(self, ledger: Ledger, failures: int) -> None:
+        self._ledger = ledger
+        self.failures = failures
+
+    async def claim(self, *args: object, **kwargs: object) -> dict[str, State]:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("a bug in the claim path")
+        return await self._ledger.claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._ledger, name)
+
+
+def test_an_unexpected_error_is_retried_then_the_order_is_rejected_as_internal_error(
+    ledger,
+) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(failures: int) -> RecordTicket:
+        w = worker(FakeVendor(), FlakyLedger(ledger, failures), internal_error_retries=2)  # type: ignore[arg-type]
+        w.start()
+        stream = Stream(w)
+        ticket = stream.submit(f"A{failures}")
+        await stream.settled()
+        await w.aclose()
+        return ticket
+
+    assert asyncio.run(scenario(2)).outcome is Outcome.DELIVERED  # retried: recovered
+    given_up = asyncio.run(scenario(10))
+    assert given_up.outcome is Outcome.REJECTED
+    assert given_up.errors[0] is not None and given_up.errors[0].error_class == "internal_error"
+
+
+def test_a_clean_stop_gives_back_claims_that_no_request_carried(ledger) -> None:  # type: ignore[no-untyped-def]
+    vendor = FakeVendor()
+    vendor.behaviour = lambda numbers: CredentialsError("Unauthenticated.", status=401)
+
+    async def scenario() -> int:
+        w = worker(vendor, ledger, credentials_retry_s=30)
+        w.start()
+        stream = Stream(w)
+        for number in ("A", "B", "C"):
+            stream.submit(number)
+        while not vendor.requests:
+            await asyncio.sleep(0.005)
+        await w.aclose()
+        return (await ledger.stats()).total().claimed
+
+    assert asyncio.run(scenario()) == 0
