@@ -24,6 +24,7 @@ from consumer.sandbox.control import SandboxControl, run_sandbox_in_thread
 from consumer.sandbox.settings import SandboxSettings
 
 pytestmark = pytest.mark.integration
+DESTINATIONS = ("nibble", "nudgify", "custobar")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -127,8 +128,16 @@ class Stage:
                 encode=lambda r: encode_schemaless(r, self.schema), extra=extra or [])  # fmt: skip
         return orders
 
-    def committed(self) -> dict[int, int]:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group})
+    def committed(self, destination: str | None = None) -> dict[int, int]:
+        """One destination's committed offsets, or (None) what every destination committed:
+        the lowest per partition. -1001: nothing committed."""
+        if destination is not None:
+            return self.group_committed(f"{self.group}-{destination}")
+        per_destination = [self.committed(d) for d in DESTINATIONS]
+        return {p: min(c[p] for c in per_destination) for p in range(self.partitions)}
+
+    def group_committed(self, group: str) -> dict[int, int]:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
         try:
             parts = [TopicPartition(self.topic, p) for p in range(self.partitions)]
             return {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
@@ -173,7 +182,7 @@ class Stage:
             stop = asyncio.Event()
             asyncio.get_running_loop().call_later(timeout_s, stop.set)
             await service.run(stop, idle_exit_s=idle_exit_s)
-            return service.pipeline.metrics.summary()
+            return service.summary()
 
         return asyncio.run(main())
 
