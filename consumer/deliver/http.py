@@ -60,13 +60,20 @@ _DELTA_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")  # fractions: a san
 
 
 def build_client(
-    base_url: str, *, timeout_s: float, concurrency: int, auth: httpx.Auth | None = None
+    base_url: str,
+    *,
+    timeout_s: float,
+    concurrency: int,
+    auth: httpx.Auth | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """One AsyncClient per vendor. TLS verification is always on: there is no setting for it.
-    `timeout_s` also bounds each whole exchange (see `post_json`)."""
+    `timeout_s` also bounds each whole exchange (see `post_json`). `transport`: tests only
+    (httpx.MockTransport); the network otherwise."""
     return httpx.AsyncClient(
         base_url=base_url,
         auth=auth,
+        transport=transport,
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
         limits=httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency),
         # identity: a compressed error body could inflate far past the cap in one chunk.

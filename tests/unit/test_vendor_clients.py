@@ -45,9 +45,8 @@ class Vendor:
         return self.answer(request) if callable(self.answer) else self.answer
 
     def client(self) -> httpx.AsyncClient:
-        client = build_client("https://vendor.test", timeout_s=5, concurrency=1)
-        client._transport = httpx.MockTransport(self)
-        return client
+        return build_client("https://vendor.test", timeout_s=5, concurrency=1,
+                            transport=httpx.MockTransport(self))  # fmt: skip
 
 
 def nibble(vendor: Vendor) -> NibbleDestination:
