@@ -88,6 +88,21 @@ def test_the_doc_example_upload_is_reproduced():
     assert_golden("custobar_sales_upload.json", body)
 
 
+def test_a_yen_sale_in_a_euro_account_is_sent_in_hundredths_on_both_sides():
+    order = make_order(
+        order_number="JP-1",
+        currency="JPY",
+        exchange_rate=Decimal("160.25"),
+        customer=Customer(id="A503"),
+        lines=[make_line(product_id="P1", variant_id=None, sku=None, unit_price=Decimal(1500),
+                         quantity=2, discount=Decimal(100))],
+        discount=Decimal(50),
+        shipping=Decimal(800),
+        tags=("jp",),
+    )  # fmt: skip
+    assert_golden("custobar_sales_upload.jpy-in-eur.json", custobar.request_body(rows(order)))
+
+
 def test_the_doc_example_rows_are_ours_with_only_documented_additions():
     doc = json.loads((GOLDEN / "custobar_sales_upload.doc-example.json").read_text())
     ours = {row["external_id"]: row for order in doc_example_orders() for row in rows(order)}
