@@ -2,14 +2,23 @@
 
 Authentication: `Authorization: Token <t>` (default), `Bearer <key>`, or HTTP Basic.
 
+Every status is classified; the doc defines none, so NOTES.md (the official plugins) and HTTP's
+own meanings decide:
+
 | status | meaning | action |
 |---|---|---|
-| 200, 201 | uploaded (`{"response": "ok"}`) | delivered |
+| 200, 201 (202, 204) | uploaded (`{"response": "ok"}`) | delivered |
 | 400 | `{"error": {"reason": ...}}`, no row index | rejected: bisect to isolate the order |
-| | the client can rely on | |
-| 401, 403 | token/user refused | pause destination (credentials) |
-| 404, 405 | wrong company host or path | pause destination (configuration) |
-| 408, 425, 429, 5xx, network errors || retry with backoff, honour Retry-After |
+| 413 | request too large | rejected: bisect (halves are smaller; one order alone → DLQ) |
+| 422 | content refused | rejected: bisect, as 400 |
+| 401, 403 | token/user refused | pause (credentials) |
+| 402 | account (payment) | pause (credentials) |
+| 408, 425, 429, 5xx | transient | retry with backoff, at least Retry-After |
+| 501, 505, 511 | not implemented / HTTP version / network login | pause (misconfigured) |
+| 3xx | redirect, never followed | pause (misconfigured) |
+| 404, 405, 410, anything else | wrong company host or path | pause (misconfigured) |
+| network error, no complete answer in time | transient | retry with backoff |
+
 A re-upload of a sale updates it server-side, so a changed order (e.g. later cancelled) is sent
 again (`resend_changed`); an identical one is not.
 """
@@ -21,10 +30,13 @@ from collections.abc import Sequence
 import httpx
 
 from consumer.deliver.destination import Outbound
-from consumer.deliver.http import error_text, misconfigured, post_json
+from consumer.deliver.http import SUCCESS_STATUSES, error_text, misconfigured, post_json
 from consumer.errors import CredentialsError, RejectedError
 from consumer.model import Order, TransformResult
 from consumer.transform import custobar
+
+REJECTED_STATUSES = frozenset({400, 413, 422})
+CREDENTIALS_STATUSES = frozenset({401, 402, 403})
 
 
 def auth_header(kind: str, *, token: str | None) -> dict[str, str]:
@@ -60,16 +72,16 @@ class CustobarDestination:
     async def send(self, batch: Sequence[Outbound], *, idempotency_key: str) -> None:
         body = custobar.request_body([row for outbound in batch for row in outbound.items])
         headers = {**self._auth, "Idempotency-Key": idempotency_key}
-        response = await post_json(self._client, "/api/sales/upload/", body, headers=headers)
-        status = response.status_code
-        if status in (200, 201):
+        answer = await post_json(self._client, "/api/sales/upload/", body, headers=headers)
+        status = answer.status
+        if status in SUCCESS_STATUSES:
             return
-        message = error_text(response, "error.reason", "error", "detail", "message")
-        if status in (401, 403):
+        message = error_text(answer, "error.reason", "error", "detail", "message", sent=body)
+        if status in REJECTED_STATUSES:
+            raise RejectedError(message, status=status)
+        if status in CREDENTIALS_STATUSES:
             raise CredentialsError(f"Custobar refused the credentials: {message}", status=status)
-        if status in (404, 405):
-            raise misconfigured(response, "Custobar endpoint not found; check the company host")
-        raise RejectedError(message, status=status)
+        raise misconfigured(answer, "Custobar", message)
 
     async def aclose(self) -> None:
         await self._client.aclose()

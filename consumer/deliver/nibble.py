@@ -1,14 +1,21 @@
 """Nibble report-sale client: `POST /v1/sales`, at most 50 sales, X-Api-Key + X-Nibble-Api-Secret.
 
-| status | meaning (Nibble doc) | action |
+Every status is classified; the doc defines 200, 400 and 401, NOTES.md adds the API gateway's
+403/429/5xx with `{"message": ...}` instead of `{"errorMessage": ...}` (both are read).
+
+| status | meaning | action |
 |---|---|---|
-| 200 | sales recorded | delivered |
+| 200 (201, 202, 204) | sales recorded | delivered |
 | 400 | `{"errorMessage": ...}`, names no sale | rejected: bisect to isolate the order |
-| 401 | key/secret missing, invalid or expired | pause destination (credentials) |
-| 403 | API gateway "Missing Authentication Token" | pause destination (credentials) |
-| 404/405| wrong base URL | pause destination (configuration) |
-| 408, 425, 429, 5xx, network errors || retry with backoff, honour Retry-After |
-Gateway errors may carry `{"message": ...}` instead of `{"errorMessage": ...}`: both are read.
+| 413 | request too large | rejected: bisect (halves are smaller; one order alone → DLQ) |
+| 422 | content refused | rejected: bisect, as 400 |
+| 401 | key/secret missing, invalid or expired | pause (credentials) |
+| 402, 403 | account / gateway "Missing Authentication Token" | pause (credentials) |
+| 408, 425, 429, 5xx | transient | retry with backoff, at least Retry-After |
+| 501, 505, 511 | not implemented / HTTP version / network login | pause (misconfigured) |
+| 3xx | redirect, never followed | pause (misconfigured) |
+| 404, 405, 410, anything else | not Nibble's API as documented | pause (misconfigured) |
+| network error, no complete answer in time | transient | retry with backoff |
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ from collections.abc import Sequence
 import httpx
 
 from consumer.deliver.destination import Outbound
-from consumer.deliver.http import error_text, misconfigured, post_json
+from consumer.deliver.http import SUCCESS_STATUSES, error_text, misconfigured, post_json
 from consumer.errors import CredentialsError, RejectedError
 from consumer.model import Order, TransformResult
 from consumer.transform import nibble
 
 MAX_SALES_PER_REQUEST = 50
+REJECTED_STATUSES = frozenset({400, 413, 422})
+CREDENTIALS_STATUSES = frozenset({401, 402, 403})
 
 
 class NibbleDestination:
@@ -50,15 +59,16 @@ class NibbleDestination:
     async def send(self, batch: Sequence[Outbound], *, idempotency_key: str) -> None:
         body = {"sales": [item for outbound in batch for item in outbound.items]}
         headers = {**self._auth, "Idempotency-Key": idempotency_key}
-        response = await post_json(self._client, "/v1/sales", body, headers=headers)
-        if response.status_code == 200:
+        answer = await post_json(self._client, "/v1/sales", body, headers=headers)
+        status = answer.status
+        if status in SUCCESS_STATUSES:
             return
-        message = error_text(response, "errorMessage", "message")
-        if response.status_code in (401, 403):
-            raise CredentialsError(f"Nibble refused the credentials: {message}", status=401)
-        if response.status_code in (404, 405):
-            raise misconfigured(response, "Nibble endpoint not found; check the base URL")
-        raise RejectedError(message, status=response.status_code)
+        message = error_text(answer, "errorMessage", "message", sent=body)
+        if status in REJECTED_STATUSES:
+            raise RejectedError(message, status=status)
+        if status in CREDENTIALS_STATUSES:
+            raise CredentialsError(f"Nibble refused the credentials: {message}", status=status)
+        raise misconfigured(answer, "Nibble", message)
 
     async def aclose(self) -> None:
         await self._client.aclose()

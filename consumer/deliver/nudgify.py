@@ -1,34 +1,69 @@
 """Nudgify purchases client: `POST /api/purchases`, Bearer API key, `site_key` in the body.
 
+Every status is classified; the doc defines 200, 400, 401, 402, 403, 404, 409, 429 and 5xx:
+
 | status | meaning (Nudgify doc) | action |
 |---|---|---|
-| 200 | request saved | delivered |
-| 400 | field errors keyed `orders.N.field` | dead-letter exactly orders N, resend rest|
-| 400 | errors not naming an order (site key) | pause destination (configuration) |
-| 401 | Unauthenticated (bad API key) | pause destination (credentials) |
-| 402 | "Upgrade your plan to use the REST API" | pause destination (account) |
-| 403 | invalid site key / REST API not enabled | pause destination (account) |
-| 404 | resource does not exist | pause destination (configuration) |
-| 409 | "conflicts with another request": undocumented | retry with backoff: the doc gives no |
-| | | ground to treat it as delivered |
-| 429 | too many requests | retry, honouring Retry-After |
-| 5xx | Nudgify's side | retry with backoff |
+| 200 (201, 202, 204) | request saved | delivered |
+| 400, 422 | errors keyed `orders.N.field` | dead-letter exactly orders N, send the rest again |
+| 400, 422 | errors naming `site_key`/`orders` | pause (misconfigured): no order is at fault |
+| 400, 422 | errors naming nothing we can place | rejected: bisect to isolate the order |
+| 401 | Unauthenticated (bad API key) | pause (credentials) |
+| 402 | "Upgrade your plan to use the REST API" or another REST API/plan message | pause |
+| | (credentials): the account, not the orders; they are sent once it is fixed | |
+| 402 | any other message: "the parameters were valid but the request failed" | failed request |
+| | (`request_failed`): a bounded number of retries, then isolated and dead-lettered | |
+| 403 | invalid site key / REST API not enabled or disabled | pause (credentials) |
+| 404, 405, 410 | resource does not exist | pause (misconfigured): wrong base URL |
+| 409 | "the request conflicts with another request" | failed request (`conflict`): a |
+| | bounded number of retries, then isolated and dead-lettered; never an endless retry | |
+| 413 | request too large | rejected: bisect (halves are smaller; one order alone → DLQ) |
+| 408, 425, 429, 5xx | transient | retry with backoff, at least Retry-After |
+| 501, 505, 511 | not implemented / HTTP version / network login | pause (misconfigured) |
+| 3xx | redirect, never followed | pause (misconfigured) |
+| anything else | not Nudgify's API as documented | pause (misconfigured) |
+| network error, no complete answer in time | transient | retry with backoff |
+
+422 is read as 400: it is Laravel's own validation status, with the same `errors` object.
+`errors` is read defensively: an object keyed "orders.N.field" (the doc), nested objects
+({"orders": {"0": {"email": [...]}}} reads as "orders.0.email"), lists of messages or of such
+objects, numbers; whatever cannot be placed on an order of the batch names no culprit.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import httpx
 
 from consumer.deliver.destination import Outbound
-from consumer.deliver.http import error_text, json_body, misconfigured, post_json
-from consumer.errors import CredentialsError, RejectedError, TransientError
-from consumer.model import Order, TransformResult
+from consumer.deliver.http import (
+    MAX_DEPTH,
+    SUCCESS_STATUSES,
+    Answer,
+    error_text,
+    flatten,
+    misconfigured,
+    post_json,
+    scrubber,
+)
+from consumer.errors import (
+    CredentialsError,
+    DeliveryError,
+    FailedRequestError,
+    MisconfiguredError,
+    RejectedError,
+)
+from consumer.model import JSON, Order, TransformResult
 from consumer.transform import nudgify
 
-ORDER_FIELD = re.compile(r"^orders\.(\d+)(?:\.|$)")
+ORDER_FIELD = re.compile(r"orders\.([0-9]{1,9})(?:\.|$)")
+ENVELOPE_FIELDS = ("site_key", "orders")
+"""Error keys about the request as a whole: configuration, not an order."""
+ACCOUNT_MESSAGES = ("upgrade your plan", "rest api")
+"""A 402 whose message says one of these is about the account (the doc's message table)."""
+CREDENTIALS_STATUSES = frozenset({401, 403})
 
 
 class NudgifyDestination:
@@ -49,42 +84,69 @@ class NudgifyDestination:
     async def send(self, batch: Sequence[Outbound], *, idempotency_key: str) -> None:
         body = nudgify.request_body(self._site_key, [o.items[0] for o in batch])
         headers = {**self._auth, "Idempotency-Key": idempotency_key}
-        response = await post_json(self._client, "/api/purchases", body, headers=headers)
-        status = response.status_code
-        if status == 200:
+        answer = await post_json(self._client, "/api/purchases", body, headers=headers)
+        status = answer.status
+        if status in SUCCESS_STATUSES:
             return
-        message = error_text(response, "message")
-        if status == 400:
-            raise _field_errors(response, message, len(batch))
-        if status in (401, 402, 403):
+        message = error_text(answer, "message", "errors", sent=body)
+        if status in (400, 422):
+            raise _field_errors(answer, len(batch), scrubber(body))
+        if status in CREDENTIALS_STATUSES:
             raise CredentialsError(f"Nudgify refused the account: {message}", status=status)
+        if status == 402:
+            if any(text in message.lower() for text in ACCOUNT_MESSAGES):
+                raise CredentialsError(f"Nudgify refused the account: {message}", status=402)
+            raise FailedRequestError(f"Nudgify failed the request: {message}", status=402,
+                                     error_class="request_failed",
+                                     retry_after=answer.retry_after)  # fmt: skip
         if status == 409:
-            raise TransientError(f"Nudgify conflict: {message}", status=409)
-        if status == 404:
-            raise misconfigured(response, "Nudgify endpoint not found; check the base URL")
-        raise RejectedError(message, status=status)
+            raise FailedRequestError(f"Nudgify conflict: {message}", status=409,
+                                     error_class="conflict",
+                                     retry_after=answer.retry_after)  # fmt: skip
+        if status == 413:
+            raise RejectedError(message, status=413)
+        raise misconfigured(answer, "Nudgify", message)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
 
-def _field_errors(response: httpx.Response, message: str, size: int) -> Exception:
-    body = json_body(response)
+def _field_errors(answer: Answer, size: int, scrub: Callable[[str], str]) -> DeliveryError:
+    body = answer.json()
     errors = body.get("errors") if isinstance(body, dict) else None
+    headline = body.get("message") if isinstance(body, dict) else None
+    detail = [flatten(v) for v in (headline, errors) if v not in (None, "", [], {})]
+    message = scrub(": ".join(detail) if detail else answer.text) or f"HTTP {answer.status}"
     culprits: dict[int, list[str]] = {}
-    other: list[str] = []
-    for key, texts in (errors or {}).items():
-        text = "; ".join(texts) if isinstance(texts, list) else str(texts)
-        match = ORDER_FIELD.match(str(key))
+    envelope: list[str] = []
+    for key, text in _entries(errors):
+        match = ORDER_FIELD.match(key)
         if match and int(match.group(1)) < size:
             culprits.setdefault(int(match.group(1)), []).append(f"{key}: {text}")
-        else:
-            other.append(f"{key}: {text}")
-    if other:
+        elif key in ENVELOPE_FIELDS:
+            envelope.append(f"{key}: {text}")
+    if envelope:
         # site_key or envelope errors: no order is at fault; the configuration is.
-        return CredentialsError(f"Nudgify rejected the request: {'; '.join(other)}", status=400)
-    if culprits:
-        return RejectedError(
-            message, status=400, culprits={i: "; ".join(t) for i, t in culprits.items()}
+        return MisconfiguredError(
+            scrub(f"Nudgify rejected the request: {'; '.join(envelope)}"), status=answer.status
         )
-    return RejectedError(message, status=400)
+    if culprits:
+        named = {i: scrub("; ".join(texts)) for i, texts in culprits.items()}
+        return RejectedError(message, status=answer.status, culprits=named)
+    return RejectedError(message, status=answer.status)
+
+
+def _entries(errors: JSON, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, str]]:
+    """(dotted key, message) pairs of an `errors` value of any shape; "" when it has no key."""
+    if isinstance(errors, dict) and depth < MAX_DEPTH:
+        for key, value in errors.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict):
+                yield from _entries(value, name, depth + 1)
+            else:
+                yield name, flatten(value, depth + 1)
+    elif isinstance(errors, list) and depth < MAX_DEPTH:
+        for item in errors:
+            yield from _entries(item, prefix, depth + 1)
+    elif errors is not None:
+        yield prefix, flatten(errors, depth + 1)

@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 VENDORS = ("nibble", "nudgify", "custobar", "registry")
+RATES = ("error_rate", "rate_limit_rate", "timeout_rate", "conflict_rate", "request_failed_rate")
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+CONFLICT = "The request conflicts with another request."
+REQUEST_FAILED = "The parameters were valid but the request failed."
 
 
 @dataclass(slots=True)
@@ -38,6 +42,13 @@ class Faults:
     reject_orders: list[str] = field(default_factory=list)  # keys answered with a 400
     hold_orders: list[str] = field(default_factory=list)  # keys whose requests wait hold_s
     hold_s: float = 0
+    redirect_status: int = 0  # 301/302/303/307/308 with a Location elsewhere; 0: off
+    drip_s: float = 0  # a 503 error body sent one byte every drip_s seconds; nothing recorded
+    huge_body_mb: float = 0  # an error_status answer with a body of this many MiB
+    echo_request: bool = False  # a 400 whose error message echoes the request body back
+    # Nudgify documents these two; any vendor answers them, in its own error body shape.
+    conflict_rate: float = 0  # 409 "The request conflicts with another request."
+    request_failed_rate: float = 0  # 402 "The parameters were valid but the request failed."
 
     @classmethod
     def parse(cls, values: dict[str, Any]) -> Faults:
@@ -46,9 +57,13 @@ class Faults:
         if unknown:
             raise ValueError(f"unknown fault settings: {', '.join(unknown)}")
         faults = cls(**values)
-        for name in ("error_rate", "rate_limit_rate", "timeout_rate"):
+        for name in RATES:
             if not 0 <= getattr(faults, name) <= 1:
                 raise ValueError(f"{name} must be within [0, 1]")
+        if faults.redirect_status and faults.redirect_status not in REDIRECTS:
+            raise ValueError(f"redirect_status must be 0 or one of {sorted(REDIRECTS)}")
+        if faults.drip_s < 0 or faults.huge_body_mb < 0:
+            raise ValueError("drip_s and huge_body_mb must not be negative")
         return faults
 
 
@@ -104,8 +119,22 @@ class VendorBook:
             await asyncio.sleep(f.latency_ms / 1000)
         if f.down:
             return self.failed(JSONResponse({"message": "Service Unavailable"}, 503))
+        if f.redirect_status:
+            moved = str(request.url.replace(path=f"/moved{request.url.path}"))
+            return self.failed(Response(status_code=f.redirect_status, headers={"Location": moved}))
+        if f.drip_s:
+            return self.failed(_dripping(b'{"message": "Service Unavailable"}', 503, f.drip_s))
+        if f.huge_body_mb:
+            return self.failed(_huge(f.huge_body_mb, f.error_status))
+        if f.echo_request:
+            echoed = (await request.body()).decode("utf-8", errors="replace")
+            return self.rejected(self.error(f"Invalid request: {echoed}", 400))
         if f.reject_auth:
             return self.rejected(unauthorized())
+        if f.conflict_rate and self._rng.random() < f.conflict_rate:
+            return self.failed(self.error(CONFLICT, 409))
+        if f.request_failed_rate and self._rng.random() < f.request_failed_rate:
+            return self.failed(self.error(REQUEST_FAILED, 402))
         if f.rate_limit_rate and self._rng.random() < f.rate_limit_rate:
             self._remember_retry_after(request, f.retry_after_s)
             headers = {"Retry-After": _retry_after_header(f.retry_after_s)}
@@ -116,6 +145,17 @@ class VendorBook:
             await asyncio.sleep(f.timeout_s)
             return self.failed(JSONResponse({"message": "Gateway Timeout"}, 504))
         return None
+
+    def error(self, message: str, status: int) -> JSONResponse:
+        """An error in this vendor's own body shape (for injected faults)."""
+        if self.vendor == "nibble":
+            return JSONResponse({"errorMessage": message}, status)
+        if self.vendor == "custobar":
+            return JSONResponse({"error": {"reason": message}}, status)
+        if self.vendor == "nudgify" and status in (400, 422):
+            return JSONResponse({"message": "Bad Request.", "errors": {"orders.0": [message]}},
+                                status)  # fmt: skip
+        return JSONResponse({"message": message}, status)
 
     async def hold(self, keys: Iterable[str]) -> None:
         if self.faults.hold_s and set(keys) & set(self.faults.hold_orders):
@@ -169,6 +209,34 @@ class VendorBook:
         not_before = self._not_before.pop(key, None) if key else None
         if not_before is not None and time.monotonic() < not_before - 0.01:
             self.counters["early_retries"] += 1
+
+
+def _dripping(body: bytes, status: int, every_s: float) -> StreamingResponse:
+    """`body`, one byte every `every_s` seconds (headers at once): a per-read timeout never
+    fires, only a deadline on the whole answer does."""
+
+    async def drip() -> Any:
+        for byte in body:
+            yield bytes([byte])
+            await asyncio.sleep(every_s)
+
+    return StreamingResponse(drip(), status, media_type="application/json")
+
+
+def _huge(mebibytes: float, status: int) -> StreamingResponse:
+    """An error answer of that many MiB, streamed (never held in memory)."""
+    size = int(mebibytes * 1024 * 1024)
+    chunk = b"x" * (64 * 1024)
+
+    async def flood() -> Any:
+        sent = 0
+        while sent < size:
+            part = chunk[: size - sent]
+            sent += len(part)
+            yield part
+
+    headers = {"Content-Length": str(size)}
+    return StreamingResponse(flood(), status, headers=headers, media_type="text/plain")
 
 
 def _retry_after_header(seconds: float) -> str:

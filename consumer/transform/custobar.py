@@ -9,13 +9,15 @@ Mapping choices (Custobar's "Sales upload" doc is the contract; NOTES.md fills g
   `product_id` = the line's variant id, or its product id when it has no variant (the official
   plugins send the products feed's external_id, which is the variant for a variant);
   `product_sku` when the line has a SKU; `quantity` (int); `unit_price` (before discount),
-  `discount` (sent even when 0) and `total`, all integer minor units.
+  `discount` (sent even when 0) and `total`, all integer hundredths (see Money); `tags`, the
+  order's tags, when it has any: the doc lists `tags` as a sale field AND as a row field ("Tags
+  assigned for this Sale-row"), and the key is one key on a row, so every row carries them (a
+  tag on the first row only would read as that row's alone).
 - Transaction-level fields ride on the first row only, as in the doc's example: `sale_date`
   (`completed_at` in UTC, "2017-12-01T13:11:23Z": always with a zone, which Custobar otherwise
   reads in the account's time zone), the customer identifiers, `sale_shop_id`, `sale_state`,
   `sale_discount`, `sale_shipping`, `sale_total`, `sale_payment_method`, `sale_shipping_method`,
-  `sale_coupon_codes` and `tags` (when any; the doc lists `tags` both per row and per sale, and
-  on the first row it carries the order's tags), and the company-specific fields.
+  `sale_coupon_codes`, and the company-specific fields.
 - Customer identifiers: customer id → `sale_customer_id`, phone → `sale_phone_number`, email →
   `sale_email`, each when present; an order with none of them is skipped.
 - `sale_state`: the documented enum, case-insensitively and with "-"/" " read as "_":
@@ -23,15 +25,22 @@ Mapping choices (Custobar's "Sales upload" doc is the contract; NOTES.md fills g
   list's spelling; the prose's "CANCELED" is not in the enum); ON_HOLD/HOLDED/HOLD → HOLDED;
   PENDING/PENDING_PAYMENT → PENDING_PAYMENT; NEW, PROCESSING, CLOSED as they are. Any other
   state is Invalid. Cancelled orders are sent: the state removes the revenue in Custobar.
-- Money: integer minor units of the currency (ISO 4217 exponent: JPY 0, EUR 2, KWD 3), rounded
-  ROUND_HALF_UP once per field. `sale_total` = sum(row totals) - `sale_discount` +
-  `sale_shipping`, computed from the rounded integers, so the doc's identity holds exactly (it
-  can differ from the order's own total by the rounding of each part).
+- Money: integer hundredths of the currency's unit for EVERY currency ("in cents": 950.00 € →
+  95000; ¥1500 → 150000; 1.2345 KWD → 123), not ISO 4217 minor units: the doc's conversion
+  `unit_price_in_currency / sale_exchange_rate` = the price in the default currency holds for
+  any pair only when both sides count hundredths, and the official plugins send `round(x*100)`
+  for every currency. Each field is rounded ROUND_HALF_UP once, from the exact Decimal.
+- `sale_total` = sum(row `total`s) - `sale_discount` + `sale_shipping`, computed from the
+  rounded integers, so it is exact in what we send. The doc's fallback when `sale_total` is
+  absent is sum(row totals) - `sale_discount`, without shipping; we add the shipping on purpose:
+  the official plugins do, so the figure is what the customer paid (the order's own total, up
+  to the rounding of each part) and revenue reads the same as in plugin-fed accounts, while
+  `sale_shipping` still tells the shipping apart.
 - Another currency than `default_currency` (compared case-insensitively; the default currency is
   assumed to be the shop's base currency that `exchange_rate` refers to): needs a positive
   `exchange_rate` (Invalid otherwise). Then `sale_currency` and `sale_exchange_rate` are sent
   together (the field list's name; the prose's "sale_exchange_rage" is a typo), each row gets
-  `unit_price_in_currency` and the first row `sale_shipping_in_currency` (minor units of the sale
+  `unit_price_in_currency` and the first row `sale_shipping_in_currency` (hundredths of the sale
   currency), and `unit_price`, `discount`, `total`, `sale_discount`, `sale_shipping` (and hence
   `sale_total`) are in the default currency by the doc's formula, price / `sale_exchange_rate`,
   divided at full precision and rounded once per field. In the default currency the rate is
@@ -118,15 +127,18 @@ def rows(order: Order, *, default_currency: str, company: str) -> TransformResul
         )
 
     def base(amount: Decimal) -> int:
-        """Minor units of the default currency, converted at full precision, rounded once."""
+        """Hundredths of the default currency, converted at full precision, rounded once."""
         if rate is None:
-            return money.to_minor_units(amount, order.currency)
-        return money.to_minor_units(money.convert(amount, rate), default_currency)
+            return money.hundredths(amount)
+        return money.hundredths(money.convert(amount, rate))
 
+    tags = _texts(order.tags)
     lines = [_row(order, number, line, base) for number, line in enumerate(order.lines, 1)]
-    if rate is not None:
-        for row, line in zip(lines, order.lines, strict=True):
-            row["unit_price_in_currency"] = money.to_minor_units(line.unit_price, order.currency)
+    for row, line in zip(lines, order.lines, strict=True):
+        if rate is not None:
+            row["unit_price_in_currency"] = money.hundredths(line.unit_price)
+        if tags:
+            row["tags"] = list(tags)
     sale = {
         "sale_external_id": order.order_number,
         **identifiers,
@@ -137,7 +149,6 @@ def rows(order: Order, *, default_currency: str, company: str) -> TransformResul
         "sale_payment_method": text(order.payment_method),
         "sale_shipping_method": text(order.shipping_method),
         "sale_coupon_codes": _texts(order.coupon_codes) or None,
-        "tags": _texts(order.tags) or None,
     }
     fields, notes = _company_fields(order.custom_fields, prefix)
     lines[0] = {**_present(sale), **lines[0], **fields}
@@ -196,7 +207,7 @@ def _row(
 def _money_fields(
     order: Order, rate: Decimal | None, base: Callable[[Decimal], int], row_totals: list[int]
 ) -> dict[str, JSON]:
-    """Transaction money; `sale_total` from the rounded parts so the doc's identity is exact."""
+    """Transaction money; `sale_total` = rows - discount + shipping, from the rounded parts."""
     discount, shipping = base(order.discount), base(order.shipping)
     fields: dict[str, JSON] = {}
     if rate is not None:
@@ -204,7 +215,7 @@ def _money_fields(
         fields["sale_exchange_rate"] = float(rate)  # JSON number; never used for money
     fields |= {"sale_discount": discount, "sale_shipping": shipping}
     if rate is not None:
-        fields["sale_shipping_in_currency"] = money.to_minor_units(order.shipping, order.currency)
+        fields["sale_shipping_in_currency"] = money.hundredths(order.shipping)
     fields["sale_total"] = sum(row_totals) - discount + shipping
     return fields
 

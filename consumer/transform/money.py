@@ -1,10 +1,16 @@
-"""Money at the vendor boundary: Decimal in, integer minor units or decimal strings out.
+"""Money at the vendor boundary: Decimal in, integer hundredths or decimal strings out.
 
 Place in the flow: used by the transforms (decode → **transform** → deliver); pure, no I/O.
 
 Choices:
-- Minor units follow ISO 4217: 0 decimals for JPY, KRW, VND, CLP, ISK, UGX, XAF, XOF, XPF, KMF,
-  GNF, PYG, RWF, VUV, DJF, BIF; 3 for BHD, KWD, OMR, JOD, IQD, LYD, TND; 2 for everything else.
+- `hundredths` (Custobar's "money in cents") is the amount times 100 for EVERY currency, whatever
+  its ISO 4217 exponent: ¥1500 → 150000, 1.2345 KWD → 123. Custobar's conversion
+  `unit_price_in_currency / sale_exchange_rate = the price in the default currency` holds for
+  every currency pair only if both sides count hundredths of their unit, and the official
+  plugins send exactly `round(x * 100)`.
+- `decimal_string` and `to_minor_units` follow ISO 4217 minor units: 0 decimals for JPY, KRW,
+  VND, CLP, ISK, UGX, XAF, XOF, XPF, KMF, GNF, PYG, RWF, VUV, DJF, BIF; 3 for BHD, KWD, OMR,
+  JOD, IQD, LYD, TND; 2 for everything else (Nibble's decimal strings: "10.50", JPY "1500").
 - Rounding is ROUND_HALF_UP (halves away from zero), as the vendors' official PHP plugins do with
   `round(x*100)`. Python's `round()` rounds halves to even and is never used; nor is float.
 - Arithmetic runs in a private decimal context (60 significant digits), so a caller's thread
@@ -50,10 +56,20 @@ def minor_unit_exponent(currency: str) -> int:
     return MINOR_UNIT_EXPONENTS.get(currency.strip().upper(), DEFAULT_EXPONENT)
 
 
+def hundredths(amount: Decimal) -> int:
+    """`amount` times 100 as an integer, halves away from zero, in any currency (Custobar)."""
+    return _scaled_integer(amount, 2)
+
+
 def to_minor_units(amount: Decimal, currency: str) -> int:
-    """`amount` in the currency's minor units (cents, or yen for JPY), halves away from zero."""
+    """`amount` in the currency's ISO 4217 minor units (cents, yen for JPY, fils for KWD),
+    halves away from zero. Not Custobar's money: that is `hundredths` in every currency."""
+    return _scaled_integer(amount, minor_unit_exponent(currency))
+
+
+def _scaled_integer(amount: Decimal, exponent: int) -> int:
     _check_finite(amount)
-    scaled = amount.scaleb(minor_unit_exponent(currency), context=_CONTEXT)
+    scaled = amount.scaleb(exponent, context=_CONTEXT)
     return int(scaled.quantize(Decimal(1), rounding=ROUND_HALF_UP, context=_CONTEXT))
 
 

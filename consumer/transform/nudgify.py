@@ -6,13 +6,20 @@ Place in the flow: decode → **transform** → ledger → batch → send; the c
 Mapping choices (Nudgify's "Purchases" doc is the contract; NOTES.md fills gaps):
 - Skipped: cancelled, canceled, returned, refunded or closed orders. Purchase Nudges are social
   proof of completed purchases and Nudgify has no cancel endpoint.
-- `order_id` (an integer): `Order.order_id` (the platform's internal id, as the official plugin
-  sends) when set; else the order number when it is plain ASCII digits without a leading zero
-  and at most 2**63 - 1 (PHP_INT_MAX on Nudgify's side); else a derived id: the first 8 bytes of
+- `order_id` (an integer), always in [1, 2**53 - 1] (JavaScript's `Number.MAX_SAFE_INTEGER`):
+  `Order.order_id` (the platform's internal id, as the official plugin sends) when it is in that
+  range; else the order number when it is plain ASCII digits without a leading zero and in that
+  range; else a derived id: the first 8 bytes of
   SHA-256(b"order-consumer/nudgify/order_id/v1\\x00" + order number in UTF-8), big-endian, kept
   to 52 bits and offset by 2**52, i.e. in [2**52, 2**53). Derived ids are stable for an order
   number, safe as JavaScript numbers, and above any realistic platform id. Leading zeros go to
   the derivation so "0123" and "123" never share an id.
+  Why the range: ids above 2**53 - 1 reach Nudgify's dashboard and widgets (JavaScript) and any
+  JSON reader that uses doubles rounded to a neighbour, so two orders could merge into one
+  nudge or an id could change between sends. 0 and negatives pass Laravel's `integer` rule but
+  are falsy or not ids in PHP/JS code, so they are not trusted either. Such an id is treated as
+  absent (derived from the order number), never refused: deriving keeps the order visible with a
+  stable, unique id, while dead-lettering would lose the social proof for a detail of ours.
 - `date`: `completed_at` in UTC as "Y-m-d H:i:s" ("2021-04-15 04:29:42"), seconds truncated.
   A naive timestamp is Invalid, never guessed.
 - `email` is required (the server answers "Email is required"): none, or one the server's
@@ -44,7 +51,7 @@ from collections.abc import Sequence
 from consumer.model import JSON, Invalid, Order, OrderLine, Payload, Skip, TransformResult
 from consumer.transform._common import is_ended, sql_utc, text, utc
 
-MAX_ORDER_ID = 2**63 - 1
+MAX_ORDER_ID = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER
 DERIVED_ID_NAMESPACE = b"order-consumer/nudgify/order_id/v1\x00"
 DERIVED_ID_OFFSET = 2**52
 MAX_EMAIL_LENGTH = 254
@@ -88,11 +95,13 @@ def request_body(site_key: str, orders: Sequence[JSON]) -> JSON:
 
 
 def order_id(order: Order) -> int:
-    """The integer Nudgify groups the order's items by; stable for the same order."""
-    if order.order_id is not None:
+    """The integer Nudgify groups the order's items by, in [1, 2**53 - 1]; stable per order."""
+    if order.order_id is not None and 1 <= order.order_id <= MAX_ORDER_ID:
         return order.order_id
     number = order.order_number.strip()
-    if _DIGITS.fullmatch(number) and int(number) <= MAX_ORDER_ID:
+    # The length check first: int() refuses digit strings past 4300 digits with ValueError.
+    short = len(number) <= len(str(MAX_ORDER_ID))
+    if short and _DIGITS.fullmatch(number) and 1 <= int(number) <= MAX_ORDER_ID:
         return int(number)
     digest = hashlib.sha256(DERIVED_ID_NAMESPACE + number.encode("utf-8")).digest()
     return DERIVED_ID_OFFSET | (int.from_bytes(digest[:8], "big") & (DERIVED_ID_OFFSET - 1))

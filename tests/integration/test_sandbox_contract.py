@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,109 @@ def test_a_named_order_is_rejected_on_demand_with_the_vendors_own_error(
     response = client.post("/nudgify/api/purchases", json=body, headers=NUDGIFY_AUTH)
     assert response.status_code == 400
     assert list(response.json()["errors"]) == ["orders.0.email"]
+
+
+def test_nudgify_answers_its_documented_409_conflict_on_demand(client: httpx.Client) -> None:
+    client.put("/_sandbox/faults/nudgify", json={"conflict_rate": 1})
+    body = golden("nudgify_purchases.doc-example.json")
+    response = client.post("/nudgify/api/purchases", json=body, headers=NUDGIFY_AUTH)
+    assert (response.status_code, response.json()) == (
+        409,
+        {"message": "The request conflicts with another request."},
+    )
+    stats = client.get("/_sandbox/stats").json()["nudgify"]
+    assert (stats["items"], stats["failed_requests"], stats["statuses"]) == (0, 1, {"409": 1})
+
+
+@pytest.mark.parametrize(
+    ("faults", "message"),
+    [({"request_failed_rate": 1}, "The parameters were valid but the request failed."),
+     ({"account_state": "lite"}, "Upgrade your plan to use the REST API")],
+)  # fmt: skip
+def test_nudgify_answers_both_documented_402s_a_failed_request_and_the_lite_plan(
+    client: httpx.Client, faults: dict[str, Any], message: str
+) -> None:
+    client.put("/_sandbox/faults/nudgify", json=faults)
+    body = golden("nudgify_purchases.doc-example.json")
+    response = client.post("/nudgify/api/purchases", json=body, headers=NUDGIFY_AUTH)
+    assert (response.status_code, response.json()) == (402, {"message": message})
+    assert client.get("/_sandbox/stats").json()["nudgify"]["items"] == 0
+
+
+VENDOR_POSTS = {
+    "nibble": ("/nibble/v1/sales", "nibble_report_sale.doc-example.json", NIBBLE_AUTH),
+    "nudgify": ("/nudgify/api/purchases", "nudgify_purchases.doc-example.json", NUDGIFY_AUTH),
+    "custobar": ("/custobar/api/sales/upload/", "custobar_sales_upload.doc-example.json",
+                 CUSTOBAR_AUTH),
+}  # fmt: skip
+
+
+def post_example(client: httpx.Client, vendor: str) -> httpx.Response:
+    path, example, headers = VENDOR_POSTS[vendor]
+    return client.post(path, json=golden(example), headers=headers)
+
+
+@pytest.mark.parametrize("vendor", VENDOR_POSTS)
+@pytest.mark.parametrize("status", [301, 307])
+def test_a_redirecting_vendor_answers_with_a_location_and_records_nothing(
+    client: httpx.Client, vendor: str, status: int
+) -> None:
+    client.put(f"/_sandbox/faults/{vendor}", json={"redirect_status": status})
+    response = post_example(client, vendor)
+    assert response.status_code == status
+    assert response.headers["location"].endswith(f"/moved{VENDOR_POSTS[vendor][0]}")
+    assert client.get(f"/_sandbox/records/{vendor}").json() == []
+
+
+@pytest.mark.parametrize("vendor", VENDOR_POSTS)
+def test_an_echoing_vendor_puts_the_request_body_into_its_own_400_error(
+    client: httpx.Client, vendor: str
+) -> None:
+    client.put(f"/_sandbox/faults/{vendor}", json={"echo_request": True})
+    response = post_example(client, vendor)
+    assert response.status_code == 400
+    message = {
+        "nibble": lambda b: b["errorMessage"],
+        "nudgify": lambda b: b["errors"]["orders.0"][0],
+        "custobar": lambda b: b["error"]["reason"],
+    }[vendor](response.json())
+    sent = json.loads(message.removeprefix("Invalid request: "))
+    assert sent == golden(VENDOR_POSTS[vendor][1])
+    assert client.get(f"/_sandbox/records/{vendor}").json() == []
+
+
+def test_a_flooding_vendor_answers_its_error_status_with_a_body_of_that_size(
+    client: httpx.Client,
+) -> None:
+    client.put("/_sandbox/faults/custobar", json={"huge_body_mb": 0.5, "error_status": 400})
+    response = post_example(client, "custobar")
+    assert (response.status_code, len(response.content)) == (400, 512 * 1024)
+    assert client.get("/_sandbox/records/custobar").json() == []
+
+
+def test_a_dripping_vendor_sends_its_answer_one_byte_at_a_time(client: httpx.Client) -> None:
+    client.put("/_sandbox/faults/nibble", json={"drip_s": 0.02})
+    path, example, headers = VENDOR_POSTS["nibble"]
+    started = time.monotonic()
+    with client.stream("POST", path, json=golden(example), headers=headers) as response:
+        headers_after = time.monotonic() - started
+        body = response.read()
+    elapsed = time.monotonic() - started
+    assert (response.status_code, json.loads(body)) == (503, {"message": "Service Unavailable"})
+    assert headers_after < 0.5  # the status arrives at once; only the body drips
+    assert elapsed >= 0.02 * (len(body) - 1)
+    assert client.get("/_sandbox/records/nibble").json() == []
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [{"redirect_status": 200}, {"conflict_rate": 2}, {"request_failed_rate": -1},
+     {"drip_s": -1}, {"huge_body_mb": -0.5}],
+)  # fmt: skip
+def test_impossible_fault_settings_are_refused(client: httpx.Client, faults: dict) -> None:
+    response = client.put("/_sandbox/faults/nudgify", json=faults)
+    assert response.status_code == 400
+    assert next(iter(faults)) in response.json()["error"]
 
 
 def test_unknown_fault_settings_are_refused(client: httpx.Client) -> None:

@@ -13,6 +13,7 @@ from consumer.transform.money import (
     MINOR_UNIT_EXPONENTS,
     convert,
     decimal_string,
+    hundredths,
     minor_unit_exponent,
     to_minor_units,
 )
@@ -74,6 +75,23 @@ def test_minor_units_round_halves_away_from_zero(amount, currency, expected):
 
 
 @pytest.mark.parametrize(
+    ("amount", "expected"),
+    [("950.00", 95000), ("1500", 150000), ("1.2345", 123), ("0.505", 51), ("-0.125", -13),
+     ("0.0049", 0), ("1E+3", 100000)],
+)  # fmt: skip
+def test_hundredths_are_the_amount_times_100_halves_away_from_zero(amount, expected):
+    assert hundredths(Decimal(amount)) == expected
+
+
+@given(avro_amounts)
+def test_hundredths_ignore_the_currencys_own_minor_unit(amount):
+    # Custobar's "cents" for every currency: the same as ISO minor units only for 2 decimals.
+    assert hundredths(amount) == to_minor_units(amount, "EUR")
+    assert hundredths(amount) == to_minor_units(amount.scaleb(-1), "KWD")
+    assert hundredths(amount) == to_minor_units(amount.scaleb(2), "JPY")
+
+
+@pytest.mark.parametrize(
     ("amount", "currency", "expected"),
     [
         ("10.5", "EUR", "10.50"),
@@ -110,6 +128,8 @@ def test_results_do_not_depend_on_the_callers_decimal_context():
 def test_non_finite_amounts_are_refused(bad):
     with pytest.raises(ValueError, match="finite"):
         to_minor_units(bad, "EUR")
+    with pytest.raises(ValueError, match="finite"):
+        hundredths(bad)
     with pytest.raises(ValueError, match="finite"):
         decimal_string(bad, "EUR")
     with pytest.raises(ValueError, match="finite"):

@@ -21,7 +21,7 @@ ISO_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 MONEY_FIELDS = {"unit_price", "unit_price_in_currency", "discount", "total", "sale_discount",
                 "sale_shipping", "sale_shipping_in_currency", "sale_total"}  # fmt: skip
 ROW_FIELDS = {"sale_external_id", "external_id", "product_id", "product_sku", "quantity",
-              "unit_price", "discount", "total", "unit_price_in_currency"}  # fmt: skip
+              "unit_price", "discount", "total", "unit_price_in_currency", "tags"}  # fmt: skip
 
 
 def assert_golden(name: str, body: object) -> None:
@@ -88,6 +88,21 @@ def test_the_doc_example_upload_is_reproduced():
     assert_golden("custobar_sales_upload.json", body)
 
 
+def test_a_yen_sale_in_a_euro_account_is_sent_in_hundredths_on_both_sides():
+    order = make_order(
+        order_number="JP-1",
+        currency="JPY",
+        exchange_rate=Decimal("160.25"),
+        customer=Customer(id="A503"),
+        lines=[make_line(product_id="P1", variant_id=None, sku=None, unit_price=Decimal(1500),
+                         quantity=2, discount=Decimal(100))],
+        discount=Decimal(50),
+        shipping=Decimal(800),
+        tags=("jp",),
+    )  # fmt: skip
+    assert_golden("custobar_sales_upload.jpy-in-eur.json", custobar.request_body(rows(order)))
+
+
 def test_the_doc_example_rows_are_ours_with_only_documented_additions():
     doc = json.loads((GOLDEN / "custobar_sales_upload.doc-example.json").read_text())
     ours = {row["external_id"]: row for order in doc_example_orders() for row in rows(order)}
@@ -136,8 +151,17 @@ def test_only_the_first_row_carries_the_transaction_fields():
         "sale_shop_id", "sale_state", "sale_discount", "sale_shipping", "sale_total",
         "sale_payment_method", "sale_shipping_method", "sale_coupon_codes", "COMPANY__channel",
     }  # fmt: skip
-    assert first["tags"] == ["vip"]
     assert set(second) == ROW_FIELDS - {"unit_price_in_currency"}
+
+
+def test_every_row_of_the_sale_carries_the_orders_tags():
+    # `tags` is a row field too: on the first row only, Custobar would tag that row alone.
+    order = make_order(lines=[make_line(), make_line(), make_line()], tags=("vip", " b2b", "vip"))
+    assert [row["tags"] for row in rows(order)] == [["vip", "b2b"]] * 3
+
+
+def test_an_order_without_tags_sends_no_tags_key_on_any_row():
+    assert not any("tags" in row for row in rows(make_order(lines=[make_line()] * 2, tags=(" ",))))
 
 
 def test_the_variant_is_the_product_and_the_sku_is_sent_alongside():
@@ -161,18 +185,24 @@ def test_money_is_in_integer_cents_before_and_after_the_line_discount():
     )
 
 
-def test_yen_amounts_have_no_minor_unit():
+def test_yen_amounts_are_sent_in_hundredths_of_a_yen_like_every_currency():
+    # "in cents" for every currency: ¥1500 → 150000, never 1500 (ISO 4217's 0 decimals).
     order = make_order(currency="JPY", lines=[make_line(unit_price=Decimal(1500), quantity=2)],
-                       shipping=Decimal(500), discount=Decimal("100.5"))  # fmt: skip
+                       shipping=Decimal(500), discount=Decimal("100.505"))  # fmt: skip
     (row,) = rows(order, default_currency="JPY")
-    assert (row["unit_price"], row["total"], row["sale_shipping"]) == (1500, 3000, 500)
-    assert (row["sale_discount"], row["sale_total"]) == (101, 3399)
+    assert (row["unit_price"], row["total"], row["sale_shipping"]) == (150000, 300000, 50000)
+    assert (row["sale_discount"], row["sale_total"]) == (10051, 339949)
 
 
-def test_three_decimal_currencies_count_thousandths():
-    (row,) = rows(make_order(currency="KWD", lines=[make_line(unit_price=Decimal("1.2345"))]),
-                  default_currency="KWD")  # fmt: skip
-    assert row["unit_price"] == 1235
+@pytest.mark.parametrize(
+    ("currency", "amount", "sent"),
+    [("KWD", "1.2345", 123), ("BHD", "0.505", 51), ("JPY", "1499.995", 150000),
+     ("USD", "20.805", 2081), ("SEK", "199", 19900), ("EUR", "950.00", 95000)],
+)  # fmt: skip
+def test_money_is_hundredths_of_the_unit_in_every_currency_rounded_half_up(currency, amount, sent):
+    (row,) = rows(make_order(currency=currency, lines=[make_line(unit_price=Decimal(amount))]),
+                  default_currency=currency)  # fmt: skip
+    assert row["unit_price"] == sent
 
 
 def test_the_sale_total_is_the_sum_of_the_rounded_parts():
@@ -184,6 +214,17 @@ def test_the_sale_total_is_the_sum_of_the_rounded_parts():
     )
     first = rows(order)[0]
     assert (first["sale_discount"], first["sale_shipping"], first["sale_total"]) == (1, 1, 3)
+
+
+def test_the_sale_total_is_what_the_customer_paid_including_shipping():
+    # The doc's fallback (rows - sale_discount) leaves shipping out; we send it in, as the
+    # official plugins do: the order's own total, and sale_shipping says how much of it.
+    order = make_order(lines=[make_line(unit_price=Decimal("20.00"), quantity=2)],
+                       discount=Decimal("5.00"), shipping=Decimal("4.90"))  # fmt: skip
+    (row,) = rows(order)
+    assert (row["total"], row["sale_discount"], row["sale_shipping"]) == (4000, 500, 490)
+    assert row["sale_total"] == 3990 == money.hundredths(order.total)
+    assert row["sale_total"] - (row["total"] - row["sale_discount"]) == row["sale_shipping"]
 
 
 def test_coupon_codes_and_tags_are_sent_once_each_and_only_when_present():
@@ -281,11 +322,49 @@ def test_a_foreign_sale_is_sent_in_both_currencies():
     assert (row["sale_discount"], row["sale_shipping"], row["sale_total"]) == (45, 441, 4047)
 
 
-def test_a_foreign_sale_into_a_currency_without_minor_units():
+def test_a_foreign_sale_into_a_yen_account_is_in_hundredths_of_a_yen():
     order = make_order(currency="EUR", exchange_rate=Decimal("0.0061538462"),
                        lines=[make_line(unit_price=Decimal("12.34"))])  # fmt: skip
     (row,) = rows(order, default_currency="JPY")
-    assert (row["unit_price_in_currency"], row["unit_price"]) == (1234, 2005)  # ¥2005.25
+    assert (row["unit_price_in_currency"], row["unit_price"]) == (1234, 200525)  # ¥2005.25
+
+
+# Units of the sale currency per euro, so that the doc's `price / rate` is the price in euros.
+EURO_RATES = {"JPY": "160.25", "KWD": "0.3312", "BHD": "0.4105", "USD": "1.112", "SEK": "11.4975"}
+
+
+@pytest.mark.parametrize(
+    ("currency", "unit_price", "in_currency", "in_euros"),
+    [("JPY", "1500", 150000, 936), ("KWD", "1.2345", 123, 373), ("BHD", "0.505", 51, 123),
+     ("USD", "20.80", 2080, 1871), ("SEK", "199.00", 19900, 1731)],
+)  # fmt: skip
+def test_the_docs_conversion_formula_gives_the_euro_price_of_a_foreign_sale(
+    currency, unit_price, in_currency, in_euros
+):
+    rate = Decimal(EURO_RATES[currency])
+    order = make_order(currency=currency, exchange_rate=rate, shipping=Decimal(unit_price),
+                       lines=[make_line(unit_price=Decimal(unit_price))])  # fmt: skip
+    (row,) = rows(order, default_currency="EUR")
+    assert (row["unit_price_in_currency"], row["unit_price"]) == (in_currency, in_euros)
+    assert row["sale_shipping_in_currency"] == in_currency
+    assert row["sale_shipping"] == in_euros
+    # unit_price_in_currency / sale_exchange_rate = the price in the default currency, within
+    # the rounding of each side (half a hundredth each; the sale side's is divided by the rate).
+    slack = Decimal("0.5") + Decimal("0.5") / rate
+    assert abs(Decimal(row["unit_price_in_currency"]) / rate - row["unit_price"]) <= slack
+
+
+@settings(max_examples=80, deadline=None)
+@given(orders(base_currency="EUR", currencies=tuple(EURO_RATES), max_lines=5))
+def test_for_any_foreign_sale_every_row_obeys_the_docs_conversion_formula(order):
+    result = custobar.rows(order, default_currency="EUR", company="COMPANY")
+    if not isinstance(result, Payload):
+        return
+    rate = order.exchange_rate
+    slack = Decimal("0.5") + Decimal("0.5") / rate
+    for row, line in zip(result.items, order.lines, strict=True):
+        assert row["unit_price_in_currency"] == money.hundredths(line.unit_price)
+        assert abs(Decimal(row["unit_price_in_currency"]) / rate - row["unit_price"]) <= slack
 
 
 @pytest.mark.parametrize("rate", [None, Decimal(0), Decimal(-1), Decimal("NaN")])
@@ -341,7 +420,7 @@ def test_for_any_order_the_row_totals_minus_discount_plus_shipping_are_the_sale_
     totals = sum(row["total"] for row in result.items)
     assert totals - first["sale_discount"] + first["sale_shipping"] == first["sale_total"]
     if order.exchange_rate is None:
-        cents = money.to_minor_units(order.total, order.currency)
+        cents = money.hundredths(order.total)
         assert abs(first["sale_total"] - cents) <= len(order.lines) + 2  # one rounding per part
 
 

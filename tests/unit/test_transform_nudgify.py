@@ -92,7 +92,7 @@ def test_the_platforms_internal_order_id_is_the_order_id():
 
 @pytest.mark.parametrize(
     ("number", "expected"),
-    [("1111", 1111), ("0", 0), ("9223372036854775807", 2**63 - 1)],
+    [("1111", 1111), ("1", 1), ("9007199254740991", 2**53 - 1)],
 )
 def test_a_numeric_order_number_is_the_order_id_when_there_is_no_internal_id(number, expected):
     assert purchase(make_order(order_number=number))["order_id"] == expected
@@ -104,13 +104,30 @@ def test_a_numeric_order_number_is_the_order_id_when_there_is_no_internal_id(num
         ("SO-100001", 5003400128977948),
         ("0123", 8232360870338403),  # a leading zero: "123" keeps 123, "0123" differs
         ("9223372036854775808", 5186555197330802),  # beyond 64 bits
+        # Beyond JavaScript's safe integers (2**53 - 1): a double would round it to a neighbour.
+        ("9007199254740992", 7782604916119403),
+        ("9223372036854775807", 6655735288649680),
+        ("0", 7204388083571452),  # not an id in PHP or JavaScript (falsy)
+        ("1" * 5000, None),  # longer than int() parses
     ],
 )
 def test_other_order_numbers_get_a_fixed_derived_integer_id(number, expected):
     # Pinned: changing the derivation would make Nudgify see every such order anew.
     order_id = purchase(make_order(order_number=number))["order_id"]
-    assert order_id == expected
+    assert order_id == expected or expected is None
     assert 2**52 <= order_id < 2**53
+
+
+@pytest.mark.parametrize("unsafe", [2**53, 2**63 - 1, 0, -1, -(2**63)])
+def test_an_internal_id_outside_javascripts_safe_integers_is_not_sent(unsafe):
+    # Treated as absent: the numeric order number is used, else the derived id; never refused.
+    assert purchase(make_order(order_number="1111", order_id=unsafe))["order_id"] == 1111
+    derived = purchase(make_order(order_number="SO-100001", order_id=unsafe))["order_id"]
+    assert derived == 5003400128977948
+
+
+def test_the_largest_safe_internal_id_is_sent_as_it_is():
+    assert purchase(make_order(order_id=2**53 - 1))["order_id"] == 2**53 - 1
 
 
 def test_unicode_order_numbers_get_an_id_too():
@@ -247,7 +264,9 @@ def test_any_sent_order_has_an_integer_id_a_documented_date_and_no_nulls(order):
         return
     body = result.items[0]
     assert type(body["order_id"]) is int
-    assert -(2**63) <= body["order_id"] < 2**63
+    assert 1 <= body["order_id"] <= 2**53 - 1  # safe in JavaScript and any double-based reader
+    if order.order_id is not None and 1 <= order.order_id <= 2**53 - 1:
+        assert body["order_id"] == order.order_id
     assert SQL_UTC.fullmatch(body["date"])
     assert "country" not in body or re.fullmatch(r"[A-Z]{2}", body["country"])
     assert None not in body.values()
