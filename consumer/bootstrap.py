@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 
 from consumer.config import Settings
 from consumer.dead_letter import KafkaDeadLetters, producer_config
-from consumer.decode import Decoder, SchemaRegistry, load_schema
+from consumer.decode import Decoder, load_schema
 from consumer.deliver.custobar import CustobarDestination, auth_header
 from consumer.deliver.destination import Destination
 from consumer.deliver.http import build_client
@@ -26,6 +26,7 @@ from consumer.health import HealthServer
 from consumer.ledger import Ledger, open_ledger
 from consumer.logs import get_logger
 from consumer.pipeline import Pipeline
+from consumer.registry import build_registry
 from consumer.runner import Runner
 
 log = get_logger(__name__)
@@ -122,14 +123,9 @@ async def build_service(settings: Settings) -> Service:
     backoff = Backoff(initial_s=d.retry_initial_s, maximum_s=d.retry_max_s)
     ledger = await open_ledger(settings.ledger_url)
     clients: list[httpx.AsyncClient] = []
-    if settings.schema_registry_url and settings.avro_format == "confluent":
-        registry_client = build_client(settings.schema_registry_url,
-                                       timeout_s=d.http_timeout_s, concurrency=2)  # fmt: skip
-        clients.append(registry_client)
-        decoder = Decoder(
-            reader_schema=load_schema(settings.reader_schema),
-            registry=SchemaRegistry(registry_client, retry_max_s=d.retry_max_s),
-        )
+    if (registry := build_registry(settings)) is not None:  # registry.health: for readiness
+        clients.append(registry.client)
+        decoder = Decoder(reader_schema=load_schema(settings.reader_schema), registry=registry)
     else:
         decoder = Decoder(
             reader_schema=load_schema(settings.reader_schema),
