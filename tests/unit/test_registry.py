@@ -17,9 +17,14 @@ import httpx
 import pytest
 
 from consumer import logs
-from consumer.config import PACKAGED_SCHEMA, RegistrySettings, Secret
+from consumer.config import RegistrySettings, Secret
 from consumer.decode import Decoder
-from consumer.devenv.samples import encode_confluent, load_schema, sample_orders
+from consumer.devenv.samples import (
+    encode_confluent,
+    load_schema,
+    sample_orders,
+    schemas_with_references,
+)
 from consumer.devenv.tls import make_tls_files
 from consumer.errors import ConfigError, UndecodableError
 from consumer.registry import SchemaRegistry, build_registry_client
@@ -28,21 +33,8 @@ READER = load_schema()
 NAMESPACE = "com.shop.orders.v1"
 
 
-def split_schema() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The order schema as a platform team registers it: `Address` and `Customer` (which has a
-    billing address) as their own subjects, the order naming both."""
-    order = json.loads(PACKAGED_SCHEMA.read_text())
-    fields = {f["name"]: f for f in order["fields"]}
-    customer = {**fields["customer"]["type"], "namespace": NAMESPACE}
-    address = {**fields["address"]["type"][1], "namespace": NAMESPACE}
-    customer["fields"] = [*customer["fields"], {"name": "billing", "default": None,
-                          "type": ["null", f"{NAMESPACE}.Address"]}]  # fmt: skip
-    fields["customer"]["type"] = f"{NAMESPACE}.Customer"
-    fields["address"]["type"] = ["null", f"{NAMESPACE}.Address"]
-    return order, customer, address
-
-
-ORDER, CUSTOMER, ADDRESS = split_schema()
+SPLIT = schemas_with_references()
+ORDER, CUSTOMER, ADDRESS = SPLIT["order"], SPLIT["customer"], SPLIT["address"]
 REFS = {
     "address": {"schema": json.dumps(ADDRESS)},
     "customer": {"schema": json.dumps(CUSTOMER), "references": [
