@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import certifi
 import fastavro
 import httpx
 
@@ -311,8 +310,8 @@ def build_registry_client(
 def _tls_context(registry: RegistrySettings) -> ssl.SSLContext:
     name = f"{PREFIX}SCHEMA_REGISTRY_"
     ca = registry.ca_location
-    try:
-        context = ssl.create_default_context(cafile=str(ca) if ca else certifi.where())
+    try:  # no CA given: the same roots as the vendor clients (httpx's: certifi, SSL_CERT_FILE)
+        context = ssl.create_default_context(cafile=ca) if ca else httpx.create_ssl_context()
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{name}CA_LOCATION: cannot load {ca}: {exc}") from exc
     if registry.certificate_location is not None:
