@@ -48,7 +48,7 @@ log = get_logger(__name__)
 
 SCHEMA_NOT_FOUND = 40403  # a plain 404 is a wrong registry URL: wait for a fix, never dead-letter
 SUBJECT_NOT_FOUND, VERSION_NOT_FOUND = 40401, 40402
-MAX_REFERENCES = 256  # per writer schema, all levels: a cycle or a runaway graph stops here
+MAX_REFERENCES = 256  # per writer schema, all levels: a runaway reference graph stops here
 MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
 
 
@@ -119,9 +119,6 @@ class SchemaRegistry:
         finally:
             del self._pending[schema_id]
 
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
     async def _fetch(self, schema_id: int) -> Any:
         """Until the registry answers: the record waits, it is never blamed for the registry."""
         attempt = 0
@@ -156,9 +153,10 @@ class SchemaRegistry:
                                missing=f"unknown schema id {schema_id}")  # fmt: skip
         what = f"schema id {schema_id}"
         top = _registered(body, what)
+        dependencies = await self._closure(top.references, what)
         named: dict[str, Any] = {}
         try:
-            for registered in await self._closure(top.references, what):
+            for registered in dependencies:
                 fastavro.parse_schema(json.loads(registered.text), named_schemas=named)
             return fastavro.parse_schema(json.loads(top.text), named_schemas=named)
         except Exception as exc:  # fastavro raises many types on a bad schema

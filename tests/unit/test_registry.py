@@ -114,6 +114,21 @@ def test_a_missing_reference_makes_the_record_undecodable_with_the_reference_nam
         decode_all(registry_answering(answer), written_with_references(1))
 
 
+def test_a_refusal_while_fetching_a_reference_holds_the_record_too() -> None:
+    refusals = {"left": 2}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if "/subjects/address/" in request.url.path and refusals["left"]:
+            refusals["left"] -= 1
+            return httpx.Response(403, json={"error_code": 40301, "message": "Forbidden"})
+        return well_behaved(request)
+
+    registry = registry_answering(answer)
+    assert len(decode_all(registry, written_with_references(2))) == 2
+    assert refusals["left"] == 0
+    assert registry.health.state == "ok"
+
+
 def test_a_reference_that_does_not_define_the_named_type_is_not_avro() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         if request.url.path.startswith("/schemas/ids/"):
