@@ -85,7 +85,7 @@ class BrokerSecurity:
         tls = self.tls
         plain_users = " ".join(f'user_{u}="{p}"' for u, p in self.plain_users.items())
         return {
-            # PEM given inline: Kafka reads an unencrypted key only this way, not from a file.
+            # PEM inline in the properties: no key store file, no JKS conversion, no key password.
             "ssl.keystore.type": "PEM",
             "ssl.keystore.certificate.chain": tls.read("server_cert"),
             "ssl.keystore.key": tls.read("server_key"),

@@ -18,7 +18,7 @@ CLIENT_IDENTITY = "order-consumer.test"
 
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
-    """PEM files; keys are unencrypted PKCS#8 (what Kafka's PEM key store reads)."""
+    """PEM files; keys are unencrypted PKCS#8 (the form Kafka's PEM key store reads)."""
 
     ca: Path
     server_cert: Path  # leaf then chain, valid for 127.0.0.1 and localhost

@@ -7,7 +7,6 @@ the registry's credentials are wrong: a clear error, nothing committed, nothing 
 
 from __future__ import annotations
 
-import copy
 import json
 import secrets
 import signal
@@ -128,29 +127,33 @@ def register_references(client: SchemaRegistryClient, prefix: str) -> list[Schem
     return [SchemaReference(f"{NAMESPACE}.Customer", customer, 1), address_ref]
 
 
+V1 = schemas_with_references()["order"]
+LOYALTY_TIER = {"name": "loyalty_tier", "type": "string", "default": "none"}
+V2 = {**V1, "fields": [*V1["fields"], LOYALTY_TIER]}  # evolved: a new field with a default
+
+
 def produce_with_confluent(stage: Stage, kafka: dict[str, str], registry: dict[str, str],
                            count: int) -> list[dict[str, Any]]:  # fmt: skip
     """Half the orders with the order schema that references `Customer`/`Address`, half with
     its evolved version 2 (a new field with a default): two schema ids under one subject."""
     client = SchemaRegistryClient(registry)
-    references = register_references(client, stage.topic)
-    v1 = schemas_with_references()["order"]
-    v2 = copy.deepcopy(v1)
-    v2["fields"].append({"name": "loyalty_tier", "type": "string", "default": "none"})
-    orders = sample_orders(count, seed=31, prefix=f"S{stage.name[:4]}")
-    producer = Producer({**kafka, "acks": "all", "linger.ms": 20})
-    context = SerializationContext(stage.topic, MessageField.VALUE)
-    half = count // 2
-    for schema, batch in ((v1, orders[:half]), (v2, orders[half:])):
-        serializer = AvroSerializer(client, Schema(json.dumps(schema), "AVRO", references))
-        for order in batch:
-            record = {**order, "loyalty_tier": "gold"} if schema is v2 else order
-            producer.produce(stage.topic, key=order["order_number"].encode(),
-                             value=serializer(record, context))  # fmt: skip
-    assert producer.flush(30) == 0
-    versions = client.get_versions(f"{stage.topic}-value")
-    assert versions == [1, 2]  # the evolved schema is version 2, with its own id
-    client.close()
+    try:
+        references = register_references(client, stage.topic)
+        orders = sample_orders(count, seed=31, prefix=f"S{stage.name[:4]}")
+        producer = Producer({**kafka, "acks": "all", "linger.ms": 20})
+        context = SerializationContext(stage.topic, MessageField.VALUE)
+        half = count // 2
+        for schema, batch in ((V1, orders[:half]), (V2, orders[half:])):
+            serializer = AvroSerializer(client, Schema(json.dumps(schema), "AVRO", references))
+            for order in batch:
+                record = {**order, "loyalty_tier": "gold"} if schema is V2 else order
+                producer.produce(stage.topic, key=order["order_number"].encode(),
+                                 value=serializer(record, context))  # fmt: skip
+        assert producer.flush(30) == 0
+        # The evolved schema is version 2 of the subject, with its own schema id.
+        assert client.get_versions(f"{stage.topic}-value") == [1, 2]
+    finally:
+        client.close()
     return orders
 
 
