@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 
 from consumer.config import Settings
 from consumer.dead_letter import KafkaDeadLetters, producer_config
-from consumer.decode import Decoder, SchemaRegistry, load_schema
+from consumer.decode import Decoder, load_schema
 from consumer.deliver.custobar import CustobarDestination, auth_header
 from consumer.deliver.destination import Destination
 from consumer.deliver.http import build_client
@@ -28,6 +28,7 @@ from consumer.ledger import Ledger, open_ledger
 from consumer.logs import get_logger
 from consumer.pipeline import Lane, LaneLimits
 from consumer.records import RECORD, DeadLetterOffice
+from consumer.registry import build_registry
 from consumer.runner import KafkaSource, seed_destination_groups
 
 log = get_logger(__name__)
@@ -80,6 +81,7 @@ class Service:
     office: DeadLetterOffice
     dead_letters: KafkaDeadLetters
     clients: list[httpx.AsyncClient]
+    decoder: Decoder
     health: HealthServer | None = None
 
     def summary(self) -> dict[str, dict[str, int]]:
@@ -101,6 +103,11 @@ class Service:
             "ready": all(lane["kafka_healthy"] for lane in lanes.values()),
             "destinations": lanes,
             "records": {o: n for (d, o), n in self.office.outcomes.items() if d == RECORD},
+            "schema_registry": (
+                {"state": registry.health.state, "reason": registry.health.reason}
+                if (registry := self.decoder.registry) is not None
+                else None
+            ),
             "ledger": {
                 name: dataclasses.asdict(figures) for name, figures in stats.destinations.items()
             },
@@ -166,14 +173,9 @@ async def build_service(settings: Settings) -> Service:
     backoff = Backoff(initial_s=d.retry_initial_s, maximum_s=d.retry_max_s)
     ledger = await open_ledger(settings.ledger_url)
     clients: list[httpx.AsyncClient] = []
-    if settings.schema_registry_url and settings.avro_format == "confluent":
-        registry_client = build_client(settings.schema_registry_url,
-                                       timeout_s=d.http_timeout_s, concurrency=2)  # fmt: skip
-        clients.append(registry_client)
-        decoder = Decoder(
-            reader_schema=load_schema(settings.reader_schema),
-            registry=SchemaRegistry(registry_client, retry_max_s=d.retry_max_s),
-        )
+    if (registry := build_registry(settings)) is not None:  # registry.health: for readiness
+        clients.append(registry.client)
+        decoder = Decoder(reader_schema=load_schema(settings.reader_schema), registry=registry)
     else:
         decoder = Decoder(
             reader_schema=load_schema(settings.reader_schema),
@@ -210,7 +212,7 @@ async def build_service(settings: Settings) -> Service:
         source = KafkaSource(settings, settings.destination_group(destination.name))
         lanes.append(Lane(source=source, decoder=decoder, transform=destination.transform,
                           worker=worker, office=office, limits=limits))  # fmt: skip
-    service = Service(settings, ledger, lanes, office, dead_letters, clients)
+    service = Service(settings, ledger, lanes, office, dead_letters, clients, decoder)
     if settings.health_port:
         service.health = HealthServer(service.snapshot, port=settings.health_port)
     return service

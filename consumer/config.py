@@ -107,6 +107,63 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    """How the Schema Registry client proves who it is and whom it trusts (Confluent's client
+    names: `basic.auth.user.info`, `bearer.auth.token`, `ssl.ca.location`, ...). Checked at
+    start: files exist, a certificate comes with its key, one kind of credentials at most, and
+    credentials never travel over plain http except on loopback."""
+
+    basic_auth_user_info: Secret | None = None  # "user:secret"; Confluent Cloud: "key:secret"
+    bearer_token: Secret | None = None
+    ca_location: Path | None = None  # trust only this CA bundle (default: the public roots)
+    certificate_location: Path | None = None  # client certificate (mutual TLS)
+    key_location: Path | None = None
+
+    @property
+    def credentials(self) -> str | None:
+        if self.basic_auth_user_info is not None:
+            return "basic"
+        return "bearer" if self.bearer_token is not None else None
+
+    def secrets(self) -> list[str]:
+        found = [s.reveal() for s in (self.basic_auth_user_info, self.bearer_token) if s]
+        if self.basic_auth_user_info is not None:  # the password alone may show up too
+            found.append(self.basic_auth_user_info.reveal().partition(":")[2])
+        return [s for s in found if s]
+
+
+def _registry_settings(r: _Reader, url: str | None) -> RegistrySettings:
+    name = "SCHEMA_REGISTRY_"
+    files: dict[str, Path | None] = {}
+    for label in ("CA_LOCATION", "CERTIFICATE_LOCATION", "KEY_LOCATION"):
+        value = r.optional(name + label)
+        files[label] = Path(value) if value else None
+        if value and not Path(value).is_file():
+            r.fail(f"{PREFIX}{name}{label}: no file at {value}")
+    settings = RegistrySettings(
+        basic_auth_user_info=r.secret(name + "BASIC_AUTH_USER_INFO"),
+        bearer_token=r.secret(name + "BEARER_TOKEN"),
+        ca_location=files["CA_LOCATION"],
+        certificate_location=files["CERTIFICATE_LOCATION"],
+        key_location=files["KEY_LOCATION"],
+    )
+    info = settings.basic_auth_user_info
+    user, _, password = info.reveal().partition(":") if info else ("", "", "")
+    if info is not None and not (user and password):
+        r.fail(f"{PREFIX}{name}BASIC_AUTH_USER_INFO must be <user>:<secret>")
+    if info is not None and settings.bearer_token is not None:
+        r.fail(f"set {PREFIX}{name}BASIC_AUTH_USER_INFO or {PREFIX}{name}BEARER_TOKEN, not both")
+    if (settings.certificate_location is None) != (settings.key_location is None):
+        r.fail(f"{PREFIX}{name}CERTIFICATE_LOCATION and {PREFIX}{name}KEY_LOCATION go together")
+    if settings != RegistrySettings() and url is None:
+        r.fail(f"{PREFIX}{name}* settings are set but {PREFIX}SCHEMA_REGISTRY_URL is not")
+    parts = urlsplit(url or "")
+    if settings.credentials and parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        r.fail(f"{PREFIX}SCHEMA_REGISTRY_URL must use https to send credentials")
+    return settings
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     bootstrap_servers: str
     topic: str
@@ -114,6 +171,7 @@ class Settings:
     dead_letter_topic: str
     kafka: Mapping[str, str]
     schema_registry_url: str | None
+    registry: RegistrySettings
     avro_format: str  # confluent | schemaless
     writer_schema: Path
     reader_schema: Path
@@ -151,6 +209,7 @@ class Settings:
             )
             if s is not None and s.reveal()
         ]
+        found += self.registry.secrets()
         found += [v for k, v in self.kafka.items() if _looks_secret(k) and v]
         return tuple(found)
 
@@ -351,6 +410,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         dead_letter_topic=r.text("DEAD_LETTER_TOPIC", "order-completed.dlq"),
         kafka=_kafka_passthrough(env, r),
         schema_registry_url=registry.rstrip("/") if registry else None,
+        registry=_registry_settings(r, registry),
         avro_format=avro_format,
         writer_schema=writer_schema,
         reader_schema=reader_schema,

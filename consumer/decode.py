@@ -11,10 +11,8 @@ Either way the record is resolved against our reader schema, so a newer or older
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import random
 import struct
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -23,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-import httpx
 
 from consumer.errors import InvalidOrderError, UndecodableError
-from consumer.logs import get_logger
 from consumer.model import Address, Customer, Order, OrderLine
+from consumer.registry import SchemaRegistry
 
-log = get_logger(__name__)
+__all__ = ["Decoder", "SchemaRegistry", "load_schema", "to_order"]
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -38,66 +35,6 @@ ONE_CENT = Decimal("0.01")
 
 def load_schema(path: Path) -> Any:
     return fastavro.parse_schema(json.loads(path.read_text(encoding="utf-8")))
-
-
-class SchemaRegistry:
-    """Fetches writer schemas by id; caches the parsed schema forever (ids are immutable)."""
-
-    def __init__(self, client: httpx.AsyncClient, *, retry_max_s: float = 30.0) -> None:
-        self._client = client
-        self._parsed: dict[int, Any] = {}
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._retry_max_s = retry_max_s
-
-    async def writer_schema(self, schema_id: int) -> Any:
-        if (parsed := self._parsed.get(schema_id)) is not None:
-            return parsed
-        if (pending := self._pending.get(schema_id)) is not None:
-            return await pending  # one fetch per id, however many records wait for it
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[schema_id] = future
-        try:
-            parsed = await self._fetch(schema_id)
-            self._parsed[schema_id] = parsed
-            future.set_result(parsed)
-            return parsed
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters get it, nobody else must
-            raise
-        finally:
-            del self._pending[schema_id]
-
-    async def _fetch(self, schema_id: int) -> Any:
-        delay = 0.2
-        while True:
-            try:
-                response = await self._client.get(f"/schemas/ids/{schema_id}")
-            except httpx.TransportError as exc:
-                log.warning("registry.unreachable", schema_id=schema_id, error=type(exc).__name__)
-            else:
-                if response.status_code == 404 and _error_code(response) == SCHEMA_NOT_FOUND:
-                    raise UndecodableError(f"unknown schema id {schema_id}")
-                if response.status_code == 200:
-                    try:
-                        return fastavro.parse_schema(json.loads(response.json()["schema"]))
-                    except (ValueError, KeyError, TypeError) as exc:
-                        raise UndecodableError(f"schema id {schema_id} is not Avro") from exc
-                log.warning("registry.error", schema_id=schema_id, status=response.status_code)
-            # The registry being down is not the record's fault: wait, never dead-letter.
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, self._retry_max_s)
-
-
-SCHEMA_NOT_FOUND = 40403  # a plain 404 is a wrong registry URL: wait for a fix, never dead-letter
-
-
-def _error_code(response: httpx.Response) -> int | None:
-    try:
-        code = response.json().get("error_code")
-    except (ValueError, AttributeError):
-        return None
-    return code if isinstance(code, int) else None
 
 
 class SchemaPending(Exception):
@@ -123,6 +60,7 @@ class Decoder:
         self._writer = writer_schema
         self._registry = registry
         self._known: dict[int, Any] = {}  # schema id → parsed writer schema
+        self._unknown: dict[int, UndecodableError] = {}  # ids the registry does not know
 
     async def decode(self, value: bytes | None) -> Order:
         while True:
@@ -135,7 +73,14 @@ class Decoder:
         """Fetch a writer schema (waits out a registry outage; raises UndecodableError for an
         id the registry does not know)."""
         assert self._registry is not None  # only the Confluent format raises SchemaPending
-        self._known[schema_id] = await self._registry.writer_schema(schema_id)
+        try:
+            self._known[schema_id] = await self._registry.writer_schema(schema_id)
+        except UndecodableError as exc:
+            self._unknown[schema_id] = exc  # ids never change: every such record is poison
+
+    @property
+    def registry(self) -> SchemaRegistry | None:
+        return self._registry
 
     def decode_now(self, value: bytes | None) -> Order:
         if not value:
@@ -146,6 +91,8 @@ class Decoder:
             _, schema_id = HEADER.unpack_from(value)
             writer: Any = self._known.get(schema_id)
             if writer is None:
+                if (refused := self._unknown.get(schema_id)) is not None:
+                    raise UndecodableError(str(refused))
                 raise SchemaPending(schema_id)
             body = memoryview(value)[HEADER.size :]
         else:

@@ -15,6 +15,11 @@
     │   └── PauseError             pause the destination, probe slowly, never dead-letter
     │       ├── CredentialsError       401/403/402-plan: the vendor refuses the credentials/account
     │       └── MisconfiguredError     3xx, 404/405, unknown statuses: URL or setting is wrong
+    ├── RegistryError          the Schema Registry gave no schema (not the record's fault): the
+    │   │                      record waits, never dead-lettered; the registry client retries
+    │   ├── RegistryUnavailableError   network, timeout, 5xx, a garbled answer: backoff
+    │   └── RegistryRefusedError       401/403, TLS verification, redirect, wrong URL: logged as
+    │                                  an error, retried slowly, `health` paused with the reason
     ├── DeadLetterError        the dead-letter topic did not acknowledge: retry, never commit past
     └── LedgerError            the ledger could not be read or written: retry, never send blind
 
@@ -130,6 +135,23 @@ class MisconfiguredError(PauseError):
     host or a setting is wrong. Redirects are never followed (they would carry credentials)."""
 
     error_class = "misconfigured"
+
+
+class RegistryError(ConsumerError):
+    """The Schema Registry did not answer with a schema; retried inside the registry client."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RegistryUnavailableError(RegistryError):
+    """Network, timeout, 5xx or a garbled 200: it may pass by itself."""
+
+
+class RegistryRefusedError(RegistryError):
+    """The registry refuses us (401/403) or we refuse it (TLS verification), or the URL is wrong:
+    only someone fixing a setting helps, so an operator must hear of it."""
 
 
 class DeadLetterError(ConsumerError):

@@ -16,7 +16,6 @@ its brake instead: the destination pauses, dead letters wait, and a probe resume
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -278,16 +277,12 @@ class Lane:
                 self._handle(ticket)
             except SchemaPending as pending:
                 self._backlog.appendleft(ticket)  # in order: nothing passes it meanwhile
-                await self._fetch_schema(pending.schema_id)
+                await self._decoder.fetch(pending.schema_id)
             except Exception as exc:  # a bug: retried, then dead-lettered; never stuck
                 await self._internal_error(ticket, exc)
             handled += 1
             if handled % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # let the poll loop and the workers run
-
-    async def _fetch_schema(self, schema_id: int) -> None:
-        with contextlib.suppress(RecordError):  # an unknown id: decoding dead-letters it
-            await self._decoder.fetch(schema_id)
 
     def _handle(self, ticket: Ticket) -> None:
         """Decode, transform, hand over: synchronous; the outcome arrives through the ticket."""

@@ -4,6 +4,10 @@ started from the official jars that Maven resolves from Maven Central: no Docker
 Used by the tests, the demo and the benchmark alike. `kafka_cluster()` yields bootstrap
 servers: `KAFKA_BOOTSTRAP_SERVERS` if set (start nothing), testcontainers if asked for and a
 Docker engine answers, else a `LocalKafka`.
+
+`LocalKafka(security=BrokerSecurity(...))` adds two secured listeners next to the plaintext one
+(which the broker, its controller and the test tooling keep using): SASL_SSL with SCRAM-SHA-512
+and PLAIN users, and SSL that requires a client certificate (mTLS).
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+
+if TYPE_CHECKING:  # trustme (a dev dependency) is imported only where certificates are made
+    from consumer.devenv.tls import TlsFiles
 
 KAFKA_VERSION = "4.1.1"
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "local-kafka"
@@ -65,16 +73,55 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerSecurity:
+    """The secured listeners' material: TLS files and the users SASL accepts."""
+
+    tls: TlsFiles
+    scram_users: Mapping[str, str] = field(default_factory=dict)  # SCRAM-SHA-512
+    plain_users: Mapping[str, str] = field(default_factory=dict)  # PLAIN (Confluent Cloud's)
+
+    def properties(self) -> dict[str, str]:
+        tls = self.tls
+        plain_users = " ".join(f'user_{u}="{p}"' for u, p in self.plain_users.items())
+        return {
+            # PEM inline in the properties: no key store file, no JKS conversion, no key password.
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.certificate.chain": tls.read("server_cert"),
+            "ssl.keystore.key": tls.read("server_key"),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.certificates": tls.read("ca"),
+            "listener.name.ssl.ssl.client.auth": "required",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512,PLAIN",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config":
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};",
+        }  # fmt: skip
+
+    def format_args(self) -> list[str]:
+        """SCRAM credentials are metadata records in KRaft: written when the storage is
+        formatted, before the broker first starts (no Admin API round trip needed)."""
+        return [
+            arg
+            for user, password in self.scram_users.items()
+            for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")
+        ]
+
+
 class LocalKafka:
     """One broker process. A persistent `data_dir` survives `restart()` and new instances."""
 
     def __init__(self, data_dir: Path | None = None, *, port: int | None = None,
-                 heap: str = "512m") -> None:  # fmt: skip
+                 heap: str = "512m", security: BrokerSecurity | None = None) -> None:  # fmt: skip
         self._temporary = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="local-kafka-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or self._saved_port() or free_port()
         self.controller_port = free_port()
+        self.security = security
+        self.sasl_ssl_port = free_port() if security else None
+        self.ssl_port = free_port() if security else None
         self._heap = heap
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -82,21 +129,40 @@ class LocalKafka:
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def sasl_ssl_servers(self) -> str:
+        """The SASL_SSL listener (SCRAM-SHA-512 or PLAIN over TLS); needs `security`."""
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
+    def ssl_servers(self) -> str:
+        """The SSL listener that requires a client certificate; needs `security`."""
+        return f"127.0.0.1:{self.ssl_port}"
+
+    def _listeners(self) -> dict[str, str]:
+        listeners = {"PLAINTEXT": f"PLAINTEXT://127.0.0.1:{self.port}"}
+        if self.security is not None:
+            listeners["SASL_SSL"] = f"SASL_SSL://{self.sasl_ssl_servers}"
+            listeners["SSL"] = f"SSL://{self.ssl_servers}"
+        return listeners
+
     def _saved_port(self) -> int | None:
         saved = self.data_dir / "port"
         return int(saved.read_text()) if saved.exists() else None
 
     def _write_config(self) -> Path:
+        listeners = self._listeners()
+        protocols = ",".join(f"{name}:{name}" for name in listeners)
         properties = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
-                         f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": ",".join(listeners.values()) +
+                         f",CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": ",".join(listeners.values()),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{protocols}",
             "log.dirs": str(self.data_dir / "logs"),
             "num.partitions": "1",
             "default.replication.factor": "1",
@@ -110,9 +176,11 @@ class LocalKafka:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
             "log.flush.interval.messages": "1",  # a killed broker keeps acknowledged records
+            **(self.security.properties() if self.security else {}),
         }  # fmt: skip
         path = self.data_dir / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+        path.write_text("".join(_property_line(k, v) for k, v in properties.items()))
+        path.chmod(0o600)  # it holds the server key
         return path
 
     def _java(self, main_class: str, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
@@ -131,7 +199,8 @@ class LocalKafka:
         with (self.data_dir / "format.log").open("wb") as out:
             formatter = self._java(
                 "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
-                "-c", str(config), "--standalone", stdout=out, stderr=out,
+                "-c", str(config), "--standalone",
+                *(self.security.format_args() if self.security else []), stdout=out, stderr=out,
             )  # fmt: skip
             if formatter.wait(timeout=120) != 0:
                 raise RuntimeError(f"kafka storage format failed:\n{self._tail('format.log')}")
@@ -198,6 +267,12 @@ class LocalKafka:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _property_line(key: str, value: str) -> str:
+    """A properties value is one line: PEM blocks keep their line breaks as `\\n` escapes."""
+    one_line = value.strip().replace("\n", "\\n")
+    return f"{key}={one_line}\n"
 
 
 def _docker_available() -> bool:

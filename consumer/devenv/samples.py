@@ -39,6 +39,22 @@ def load_schema(path: Path = PACKAGED_SCHEMA) -> Any:
     return fastavro.parse_schema(json.loads(path.read_text(encoding="utf-8")))
 
 
+def schemas_with_references(path: Path = PACKAGED_SCHEMA) -> dict[str, dict[str, Any]]:
+    """The order schema as a platform team splits it into subjects: `Address`, `Customer`
+    (with an optional billing `Address`: a reference of a reference) and the order naming
+    both by their full names. Records of `sample_orders` fit it (billing defaults to null)."""
+    order = json.loads(path.read_text(encoding="utf-8"))
+    namespace = order["namespace"]
+    fields = {f["name"]: f for f in order["fields"]}
+    address = {**fields["address"]["type"][1], "namespace": namespace}
+    customer = {**fields["customer"]["type"], "namespace": namespace}
+    customer["fields"] = [*customer["fields"], {"name": "billing", "default": None,
+                          "type": ["null", f"{namespace}.Address"]}]  # fmt: skip
+    fields["customer"]["type"] = f"{namespace}.Customer"
+    fields["address"]["type"] = ["null", f"{namespace}.Address"]
+    return {"order": order, "customer": customer, "address": address}
+
+
 def _money(value: Decimal, currency: str) -> Decimal:
     exponent = Decimal(1) if currency == "JPY" else Decimal("0.01")
     return value.quantize(exponent, rounding=ROUND_HALF_UP)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
+from starlette.types import ASGIApp
 
 from consumer.sandbox.app import build_app
 from consumer.sandbox.settings import SandboxSettings
@@ -76,15 +79,32 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """Serve HTTPS with this certificate; with `client_ca`, require a client certificate."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
 def server_for(settings: SandboxSettings) -> uvicorn.Server:
+    return server_for_app(build_app(settings))
+
+
+def server_for_app(app: ASGIApp, tls: ServerTls | None = None) -> uvicorn.Server:
     config = uvicorn.Config(
-        build_app(settings),
+        app,
         log_config=None,
         log_level="warning",
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=1,
         backlog=1024,
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
+        ssl_ca_certs=str(tls.client_ca) if tls and tls.client_ca else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca else ssl.CERT_NONE,
     )
     return uvicorn.Server(config)
 
@@ -92,18 +112,28 @@ def server_for(settings: SandboxSettings) -> uvicorn.Server:
 @contextmanager
 def run_sandbox_in_thread(settings: SandboxSettings, port: int = 0) -> Iterator[str]:
     """The sandbox on a loopback port in a daemon thread; yields its base URL."""
+    with run_app_in_thread(build_app(settings), port=port) as url:
+        yield url
+
+
+@contextmanager
+def run_app_in_thread(
+    app: ASGIApp, *, tls: ServerTls | None = None, port: int = 0
+) -> Iterator[str]:
+    """An ASGI app on a loopback port in a daemon thread; yields its base URL (https://localhost
+    with `tls`, so the certificate's host name matches)."""
     sock = bind(port=port)
-    server = server_for(settings)
+    server = server_for_app(app, tls)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the vendor sandbox did not start")
+            raise RuntimeError("the sandbox server did not start")
         time.sleep(0.02)
     host, bound_port = sock.getsockname()
     try:
-        yield f"http://{host}:{bound_port}"
+        yield f"https://localhost:{bound_port}" if tls else f"http://{host}:{bound_port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

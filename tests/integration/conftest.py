@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -18,8 +19,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from consumer import config
-from consumer.devenv.kafka import create_topic, kafka_cluster
+from consumer.devenv.kafka import BrokerSecurity, LocalKafka, create_topic, kafka_cluster
 from consumer.devenv.samples import encode_schemaless, load_schema, produce, sample_orders
+from consumer.devenv.tls import TlsFiles, make_tls_files
 from consumer.sandbox.control import SandboxControl, run_sandbox_in_thread
 from consumer.sandbox.settings import SandboxSettings
 
@@ -215,3 +217,28 @@ def wait_until(predicate: Callable[[], bool], *, timeout_s: float, interval_s: f
             return True
         time.sleep(interval_s)
     return predicate()
+
+
+@dataclass(frozen=True)
+class SecuredKafka:
+    """A broker with SASL_SSL (SCRAM-SHA-512 and PLAIN users) and mTLS listeners, and the
+    per-run TLS files and passwords; its plaintext listener serves the test tooling only."""
+
+    broker: LocalKafka
+    tls: TlsFiles
+    scram_user: str
+    scram_password: str
+    api_key: str  # PLAIN, as Confluent Cloud names its Kafka credentials
+    api_secret: str
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
+    """Started only by the tests that ask for it (tests/integration/test_secured.py)."""
+    tls = make_tls_files(tmp_path_factory.mktemp("tls"))
+    scram_password, api_secret = secrets.token_urlsafe(18), secrets.token_urlsafe(24)
+    security = BrokerSecurity(tls, scram_users={"order-consumer": scram_password},
+                              plain_users={"CLOUDAPIKEY1": api_secret})  # fmt: skip
+    with LocalKafka(security=security) as broker:
+        yield SecuredKafka(broker, tls, "order-consumer", scram_password, "CLOUDAPIKEY1",
+                           api_secret)  # fmt: skip
