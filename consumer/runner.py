@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.config import Settings
+from consumer.errors import ConsumerError
 from consumer.logs import get_logger
 from consumer.pipeline import Rebalance
 from consumer.records import RawRecord
@@ -185,19 +186,46 @@ class KafkaSource:
         self._listener.on_lost([p.partition for p in partitions])
 
 
-def committed_offsets(settings: Settings, group: str) -> dict[int, int]:
-    """The group's committed offset per partition of the topic (absent: none committed)."""
+def committed_offsets(settings: Settings, group: str, *, wait_s: float = 60) -> dict[int, int]:
+    """The group's committed offset per partition of the topic (absent: none committed).
+    Retries while the group coordinator is still loading (a broker that just started)."""
     consumer = Consumer({**settings.kafka, "bootstrap.servers": settings.bootstrap_servers,
                          "group.id": group, "enable.auto.commit": False})  # fmt: skip
+    deadline = time.monotonic() + wait_s
     try:
-        metadata = consumer.list_topics(settings.topic, timeout=10).topics[settings.topic]
-        if metadata.error is not None:
-            raise KafkaException(metadata.error)
-        tps = [TopicPartition(settings.topic, p) for p in sorted(metadata.partitions)]
-        return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)
-                if tp.offset >= 0}  # fmt: skip
+        while True:
+            try:
+                metadata = consumer.list_topics(settings.topic, timeout=10).topics[settings.topic]
+                if metadata.error is not None:
+                    raise KafkaException(metadata.error)
+                tps = [TopicPartition(settings.topic, p) for p in sorted(metadata.partitions)]
+                return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)
+                        if tp.offset >= 0}  # fmt: skip
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if not error.retriable() and error.code() not in RETRY_COMMITTED:
+                    raise
+                if time.monotonic() > deadline:
+                    raise ConsumerError(
+                        f"cannot read the committed offsets of group {group}: {error.str()}"
+                    ) from exc
+                time.sleep(0.5)
     finally:
         consumer.close()
+
+
+RETRY_COMMITTED = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError._TIMED_OUT,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
 
 
 def seed_destination_groups(settings: Settings, destinations: list[str]) -> dict[str, str]:
