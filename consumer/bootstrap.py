@@ -7,11 +7,12 @@ The only place that knows every concrete class; everything else receives what it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from typing import Any
 
 import httpx
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from consumer.config import Settings
 from consumer.dead_letter import KafkaDeadLetters, producer_config
@@ -23,6 +24,7 @@ from consumer.deliver.nibble import NibbleDestination
 from consumer.deliver.nudgify import NudgifyDestination
 from consumer.deliver.retry import Backoff
 from consumer.deliver.worker import DestinationWorker
+from consumer.errors import ConsumerError
 from consumer.health import HealthServer
 from consumer.ledger import Ledger, open_ledger
 from consumer.logs import get_logger
@@ -32,6 +34,7 @@ from consumer.registry import build_registry
 from consumer.runner import KafkaSource, seed_destination_groups
 
 log = get_logger(__name__)
+SEED_RETRY_S = 5.0
 
 
 def build_destinations(settings: Settings) -> list[Destination]:
@@ -119,9 +122,9 @@ class Service:
         record fetched got its outcome."""
         if self.health is not None:
             await self.health.start()
-        names = [lane.name for lane in self.lanes]
-        seeded = await asyncio.to_thread(seed_destination_groups, self.settings, names)
-        log.info("consumer.groups", groups=seeded)
+        if not await self._seed_groups(stop):
+            await self.close()
+            return True
         for lane in self.lanes:
             lane.worker.start()
         helpers = [asyncio.create_task(self._serve_dead_letters())]
@@ -141,6 +144,22 @@ class Service:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await self.close()
+
+    async def _seed_groups(self, stop: asyncio.Event) -> bool:
+        """Start each destination's group where an earlier version's shared group stopped;
+        until Kafka answers, wait (not ready) and say why. False: stopped meanwhile."""
+        names = [lane.name for lane in self.lanes]
+        while not stop.is_set():
+            try:
+                seeded = await asyncio.to_thread(seed_destination_groups, self.settings, names)
+            except (ConsumerError, KafkaException) as exc:
+                log.error("kafka.unreachable", error=str(exc), retry_in_s=SEED_RETRY_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), SEED_RETRY_S)
+                continue
+            log.info("consumer.groups", groups=seeded)
+            return True
+        return False
 
     async def _serve_dead_letters(self) -> None:
         """The producer's delivery callbacks run inside poll(), on this thread."""

@@ -186,11 +186,10 @@ class KafkaSource:
         self._listener.on_lost([p.partition for p in partitions])
 
 
-def committed_offsets(settings: Settings, group: str, *, wait_s: float = 60) -> dict[int, int]:
+def committed_offsets(settings: Settings, group: str, *, wait_s: float = 15) -> dict[int, int]:
     """The group's committed offset per partition of the topic (absent: none committed).
     Retries while the group coordinator is still loading (a broker that just started)."""
-    consumer = Consumer({**settings.kafka, "bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": group, "enable.auto.commit": False})  # fmt: skip
+    consumer = _offsets_client(settings, group)
     deadline = time.monotonic() + wait_s
     try:
         while True:
@@ -212,6 +211,18 @@ def committed_offsets(settings: Settings, group: str, *, wait_s: float = 60) -> 
                 time.sleep(0.5)
     finally:
         consumer.close()
+
+
+def _offsets_client(settings: Settings, group: str) -> Consumer:
+    """A consumer that only reads and commits a group's offsets (never joins it)."""
+
+    def report(error: KafkaError) -> None:
+        log.warning("kafka.error", group=group, code=error.name(), error=error.str(),
+                    fatal=error.fatal())  # fmt: skip
+
+    return Consumer({**settings.kafka, "bootstrap.servers": settings.bootstrap_servers,
+                     "group.id": group, "enable.auto.commit": False, "error_cb": report,
+                     "logger": logging.getLogger("librdkafka.admin")})  # fmt: skip
 
 
 RETRY_COMMITTED = frozenset(
@@ -246,8 +257,7 @@ def seed_destination_groups(settings: Settings, destinations: list[str]) -> dict
         if not legacy:
             done[destination] = "new"
             continue
-        consumer = Consumer({**settings.kafka, "bootstrap.servers": settings.bootstrap_servers,
-                             "group.id": group, "enable.auto.commit": False})  # fmt: skip
+        consumer = _offsets_client(settings, group)
         try:
             offsets = [TopicPartition(settings.topic, p, o) for p, o in sorted(legacy.items())]
             consumer.commit(offsets=offsets, asynchronous=False)

@@ -273,7 +273,7 @@ def run_until(stage: Stage, env: Env, seen: Callable[[list[dict[str, Any]]], boo
 
 def never_ready(answers: list[tuple[int, dict[str, Any]] | None]) -> bool:
     return bool(answers) and all(
-        a is not None and a[0] == 503 and a[1]["assigned"] is False for a in answers
+        a is not None and a[0] == 503 and a[1]["ready"] is False for a in answers
     )
 
 
