@@ -147,6 +147,9 @@ def to_order(record: Mapping[str, Any]) -> Order:
     )
     if order.exchange_rate is not None and order.exchange_rate <= 0:
         raise InvalidOrderError("exchange_rate must be positive")
+    _within_schema("exchange_rate", order.exchange_rate, RATE_LIMIT)
+    for name in ("discount", "shipping", "total"):
+        _within_schema(name, getattr(order, name), AMOUNT_LIMIT)
     if min(order.discount, order.shipping) < 0:
         raise InvalidOrderError("order discount and shipping must not be negative")
     expected = sum((line.total for line in lines), Decimal(0)) - order.discount + order.shipping
@@ -155,8 +158,22 @@ def to_order(record: Mapping[str, Any]) -> Order:
     return order
 
 
+# decimal(18, 4) and decimal(20, 10): at most 14 and 10 digits before the point. A producer
+# that ignores the schema's precision gets its value silently rounded by the decoder (9…9 with
+# 50 digits reads as 1E+50): such an amount is the producer's error, not a price.
+AMOUNT_LIMIT = Decimal(10) ** 14
+RATE_LIMIT = Decimal(10) ** 10
+
+
+def _within_schema(name: str, value: Decimal | None, limit: Decimal) -> None:
+    if value is not None and not (value.is_finite() and abs(value) < limit):
+        raise InvalidOrderError(f"{name} is outside the schema's decimal precision")
+
+
 def _line(index: int, raw: Mapping[str, Any]) -> OrderLine:
     line = OrderLine(**raw)
+    for name in ("unit_price", "discount", "total"):
+        _within_schema(f"line {index}: {name}", getattr(line, name), AMOUNT_LIMIT)
     if line.quantity <= 0:
         raise InvalidOrderError(f"line {index}: quantity must be positive")
     if min(line.unit_price, line.discount) < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import io
 import json
 import struct
 from decimal import Decimal
@@ -136,3 +137,28 @@ def test_an_older_writer_without_a_defaulted_field_still_decodes() -> None:
     value = encode_confluent(record, fastavro.parse_schema(older), 1)
     decoder = Decoder(reader_schema=SCHEMA, registry=registry_with({1: older}, []))
     assert decode(decoder, value).custom_fields == {}
+
+
+def test_an_amount_beyond_the_schemas_precision_is_an_invalid_order_not_a_rounded_price() -> None:
+    """A non-conforming producer writes 50 nines into a decimal(18, 4): the decoder would
+    silently read 1E+50. The order is refused (dead-lettered), never sent as that amount."""
+    def widen(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("logicalType") == "decimal":
+                node["precision"] = 60
+            for value in node.values():
+                widen(value)
+        elif isinstance(node, list):
+            for value in node:
+                widen(value)
+
+    loose = json.loads(PACKAGED_SCHEMA.read_text())
+    widen(loose)
+    order = sample_orders(1)[0]
+    huge = Decimal("9" * 50)
+    order = {**order, "shipping": huge, "total": order["total"] + huge}
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(loose), order)
+    decoder = Decoder(reader_schema=load_schema(), writer_schema=load_schema())
+    with pytest.raises(InvalidOrderError, match="shipping is outside the schema's decimal"):
+        decoder.decode_now(buffer.getvalue())

@@ -226,7 +226,7 @@ def test_one_vendor_down_for_the_whole_run_holds_offsets_back_while_the_others_d
     ],
     ids=["nibble-401", "nudgify-402-lite-plan"],
 )
-def test_refused_credentials_pause_the_vendor_report_not_ready_and_dead_letter_nothing(
+def test_refused_credentials_pause_the_vendor_say_why_and_dead_letter_nothing(
     stage: Stage, sandbox: SandboxControl, vendor: str, faults: dict[str, Any], why: str
 ) -> None:
     sandbox.set_faults(vendor, **faults)
@@ -245,15 +245,20 @@ def test_refused_credentials_pause_the_vendor_report_not_ready_and_dead_letter_n
         ready = readiness(port)
         assert ready is not None
         status, body = ready
-        assert status == 503 and body["ready"] is False
+        # A paused vendor never makes the process unready (it must not stall a rollout): the
+        # body and the metrics say which destination waits, and why.
+        assert status == 200 and body["ready"] is True
         assert why.lower() in body["destinations"][vendor]["reason"].lower(), body
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=3).text
+        assert f'order_consumer_destination_paused{{destination="{vendor}"}} 1' in metrics
         assert all(body["destinations"][v]["state"] != "paused" for v in others)
         assert sandbox.records(vendor) == []
         assert not caught_up(stage)
         assert stage.dead_letters(0, timeout_s=1) == []
         sandbox.clear_faults()
         assert wait_until(lambda: caught_up(stage), timeout_s=45)
-        assert wait_until(lambda: (readiness(port) or (0, {}))[0] == 200, timeout_s=10)
+        ready = readiness(port)
+        assert ready is not None and ready[1]["destinations"][vendor]["state"] == "ok"
         assert process.poll() is None
     measure(
         f"6. refused credentials ({vendor}: {why})",
