@@ -142,6 +142,7 @@ def test_an_older_writer_without_a_defaulted_field_still_decodes() -> None:
 def test_an_amount_beyond_the_schemas_precision_is_an_invalid_order_not_a_rounded_price() -> None:
     """A non-conforming producer writes 50 nines into a decimal(18, 4): the decoder would
     silently read 1E+50. The order is refused (dead-lettered), never sent as that amount."""
+
     def widen(node: object) -> None:
         if isinstance(node, dict):
             if node.get("logicalType") == "decimal":
