@@ -49,10 +49,13 @@ class Member:
     def named(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events() if e.get("event") == event]
 
-    def partitions(self) -> set[int]:
-        """The partitions it owns now, by its assigned / revoked / lost events."""
+    def partitions(self, destination: str = "nibble") -> set[int]:
+        """The partitions one destination's consumer owns now, by its assigned / revoked / lost
+        events (each destination has its own group)."""
         owned: set[int] = set()
         for event in self.events():
+            if event.get("destination") != destination:
+                continue
             name = event.get("event")
             if name == "consumer.assigned":
                 owned |= set(event.get("partitions", []))
@@ -261,7 +264,8 @@ def test_a_vendor_slower_than_max_poll_interval_does_not_cost_the_group_membersh
     assert wait_until(lambda: caught_up(stage), timeout_s=50, interval_s=0.5)
     events = member.events()  # before SIGTERM: shutdown revokes on purpose
     names = [e.get("event") for e in events]
-    assert names.count("consumer.assigned") == 1, names
+    assigned = [e.get("destination") for e in events if e.get("event") == "consumer.assigned"]
+    assert sorted(assigned) == sorted(VENDORS), names  # once per destination, never again
     assert "consumer.revoked" not in names and "consumer.lost" not in names, names
     assert "max.poll" not in member.log.read_text(), "left the group for a slow poll"
     assert min(sandbox.request_sizes("custobar")) > 0
@@ -282,7 +286,8 @@ def test_replaying_the_whole_topic_after_delivery_sends_no_request(
     replay = members.spawn("replay", idle_exit_s=2, CONSUMER_GROUP_ID=replay_group)
     assert replay.process.wait(timeout=60) == 0
     assert requests_made(sandbox) == before, "a replay sent requests to a vendor"
-    assert committed_for(stage, replay_group) == stage.end_offsets()
+    for vendor in VENDORS:
+        assert committed_for(stage, f"{replay_group}-{vendor}") == stage.end_offsets()
     summary = replay.named("consumer.summary")[-1]["outcomes"]
     assert summary["nibble"].get("delivered", 0) == 0
     assert summary["nibble"]["duplicate"] == len(expected_keys(orders)["nibble"])
