@@ -78,6 +78,18 @@ class Order:
         """All lines after line discounts and the order discount: what the goods cost."""
         return sum((line.total for line in self.lines), Decimal(0)) - self.discount
 
+    def personal_values(self) -> tuple[str, ...]:
+        """The personal values this order carries, for scrubbing them from texts about it (a
+        vendor's error message may quote them): e-mail, phone, names, customer id, IP (and each
+        address of a forwarded list), city, state and the Nibble session token; blanks left out.
+        """
+        c, a = self.customer, self.address
+        found = [c.email, c.phone, c.first_name, c.last_name, c.id, c.ip, a.city, a.state,
+                 self.nibble_session_token]  # fmt: skip
+        if c.ip and "," in c.ip:
+            found += c.ip.split(",")
+        return tuple(dict.fromkeys(v.strip() for v in found if v and v.strip()))
+
 
 @dataclass(frozen=True, slots=True)
 class Payload:
