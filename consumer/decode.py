@@ -24,6 +24,7 @@ from typing import Any
 
 import fastavro
 import httpx
+from fastavro.schema import SchemaParseException
 
 from consumer.errors import InvalidOrderError, UndecodableError
 from consumer.logs import get_logger
@@ -79,17 +80,41 @@ class SchemaRegistry:
                 if response.status_code == 404 and _error_code(response) == SCHEMA_NOT_FOUND:
                     raise UndecodableError(f"unknown schema id {schema_id}")
                 if response.status_code == 200:
-                    try:
-                        return fastavro.parse_schema(json.loads(response.json()["schema"]))
-                    except (ValueError, KeyError, TypeError) as exc:
-                        raise UndecodableError(f"schema id {schema_id} is not Avro") from exc
-                log.warning("registry.error", schema_id=schema_id, status=response.status_code)
+                    schema, problem = _schema_text(response)
+                    if schema is not None:
+                        return _parse_writer_schema(schema_id, schema)
+                    # A proxy's error page or a half-written answer: the registry's fault, not
+                    # the record's. Wait for a proper answer, never dead-letter.
+                    log.warning("registry.bad_response", schema_id=schema_id, problem=problem)
+                else:
+                    log.warning("registry.error", schema_id=schema_id, status=response.status_code)
             # The registry being down is not the record's fault: wait, never dead-letter.
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self._retry_max_s)
 
 
 SCHEMA_NOT_FOUND = 40403  # a plain 404 is a wrong registry URL: wait for a fix, never dead-letter
+
+
+def _schema_text(response: httpx.Response) -> tuple[str | None, str]:
+    """The `schema` string of a 200 answer, or None and what is wrong with the answer."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, "the body is not JSON"
+    schema = body.get("schema") if isinstance(body, dict) else None
+    if not isinstance(schema, str):
+        return None, "the JSON has no string 'schema'"
+    return schema, ""
+
+
+def _parse_writer_schema(schema_id: int, schema: str) -> Any:
+    """A schema the registry did return under this id but that is not Avro stays unreadable
+    for good (ids are immutable): the records written with it are dead-lettered."""
+    try:
+        return fastavro.parse_schema(json.loads(schema))
+    except (ValueError, KeyError, TypeError, AttributeError, SchemaParseException) as exc:
+        raise UndecodableError(f"schema id {schema_id} is not Avro") from exc
 
 
 def _error_code(response: httpx.Response) -> int | None:

@@ -13,6 +13,7 @@ import fastavro
 import httpx
 import pytest
 
+from consumer import decode as decode_module
 from consumer.config import PACKAGED_SCHEMA
 from consumer.decode import Decoder, SchemaRegistry
 from consumer.devenv.samples import encode_confluent, encode_schemaless, load_schema, sample_orders
@@ -136,3 +137,61 @@ def test_an_older_writer_without_a_defaulted_field_still_decodes() -> None:
     value = encode_confluent(record, fastavro.parse_schema(older), 1)
     decoder = Decoder(reader_schema=SCHEMA, registry=registry_with({1: older}, []))
     assert decode(decoder, value).custom_fields == {}
+
+
+class RecordingLog:
+    """Stands in for the module's structlog logger: keeps (event, fields) of each warning."""
+
+    def __init__(self) -> None:
+        self.warnings: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.warnings.append((event, fields))
+
+
+def registry_answering(answers: list[httpx.Response]) -> tuple[SchemaRegistry, list[int]]:
+    calls: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(int(request.url.path.rsplit("/", 1)[-1]))
+        return answers[min(len(calls), len(answers)) - 1]
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://registry")
+    return SchemaRegistry(client), calls
+
+
+def test_a_registry_answering_200_with_a_broken_body_is_waited_out_not_dead_lettered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A proxy's HTML error page, or JSON without a string `schema`, is the registry's fault:
+    retried with a warning naming the problem, and the record decodes once the registry is well."""
+    monkeypatch.setattr(decode_module.random, "uniform", lambda _a, _b: 0.0)  # no real waiting
+    recorded = RecordingLog()
+    monkeypatch.setattr(decode_module, "log", recorded)
+    registry, calls = registry_answering([
+        httpx.Response(200, text="<html>502 Bad Gateway</html>"),
+        httpx.Response(200, json={"id": 7}),
+        httpx.Response(200, json={"schema": {"type": "record"}}),
+        httpx.Response(200, json=["schema"]),
+        httpx.Response(200, json={"schema": json.dumps(SCHEMA_JSON)}),
+    ])  # fmt: skip
+    decoder = Decoder(reader_schema=SCHEMA, registry=registry)
+    record = sample_orders(1)[0]
+    order = decode(decoder, encode_confluent(record, SCHEMA, 7))
+    assert order.order_number == record["order_number"]
+    assert calls == [7] * 5
+    problems = [fields["problem"] for event, fields in recorded.warnings]
+    assert [event for event, _ in recorded.warnings] == ["registry.bad_response"] * 4
+    assert problems == ["the body is not JSON", *["the JSON has no string 'schema'"] * 3]
+
+
+@pytest.mark.parametrize(
+    "schema",
+    ["{not json", '{"type": "nonsense"}', '{"type": "record"}', '{"type": "array"}', "null"],
+)
+def test_a_returned_schema_that_is_not_avro_is_undecodable(schema: str) -> None:
+    registry, calls = registry_answering([httpx.Response(200, json={"schema": schema})])
+    decoder = Decoder(reader_schema=SCHEMA, registry=registry)
+    with pytest.raises(UndecodableError, match="schema id 3 is not Avro"):
+        decode(decoder, struct.pack(">bI", 0, 3) + b"\x00")
+    assert calls == [3]
