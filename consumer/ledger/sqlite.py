@@ -50,12 +50,39 @@ class SqliteLedger:
         self._lock = lock
 
     @classmethod
-    def open(cls, path: str, *, exclusive: bool = True) -> SqliteLedger:
+    def open(cls, path: str, *, exclusive: bool = True, create: bool = True) -> SqliteLedger:
+        """Open (creating the file, its directory and the schema if need be) and lock the ledger.
+
+        `create=False` is for the CLI (`status`, `rewind`): an existing ledger only, opened
+        without the lock and without writing anything; a missing file or table is a
+        LedgerError, so a mistyped path is reported instead of answered with zeros.
+        """
         file = Path(path)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        lock = None
-        if exclusive:
-            lock = (file.parent / (file.name + ".lock")).open("wb")
+        if not create:
+            if not file.is_file():
+                raise LedgerError(
+                    f"the SQLite ledger {path} does not exist: check CONSUMER_LEDGER_URL "
+                    "(status and rewind never create a ledger)"
+                )
+            try:
+                db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=rw", uri=True,
+                                     isolation_level=None, check_same_thread=False)  # fmt: skip
+                db.execute("PRAGMA busy_timeout=5000")
+                table = db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'"
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot open SQLite ledger {path}: {exc}") from exc
+            if table is None:
+                db.close()
+                raise LedgerError(f"{path} is not a ledger (it has no deliveries table)")
+            return cls(db, None)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            lock = (file.parent / (file.name + ".lock")).open("wb") if exclusive else None
+        except OSError as exc:
+            raise LedgerError(f"cannot create the SQLite ledger {path}: {exc.strerror}") from exc
+        if lock is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -73,6 +100,8 @@ class SqliteLedger:
             if exclusive:
                 db.execute("UPDATE deliveries SET lease_until = 0 WHERE state = 'claimed'")
         except sqlite3.Error as exc:
+            if lock is not None:
+                lock.close()
             raise LedgerError(f"cannot open SQLite ledger {path}: {exc}") from exc
         return cls(db, lock)
 
