@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consumer import redaction
 from consumer.model import Address
@@ -178,3 +180,23 @@ def test_personal_values_lists_every_non_blank_personal_field() -> None:
                                                   last_name=None, id=None, ip=None),
                            address=Address(country="FI"), nibble_session_token=None)  # fmt: skip
     assert anonymous.personal_values() == ()
+
+
+SECRET = "sup3r-s3cret-key-0042"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=st.integers(min_value=0, max_value=3 * MAX_VALUE_CHARS),
+    after=st.integers(min_value=0, max_value=3 * MAX_VALUE_CHARS),
+    filler=st.sampled_from(["x", " ", "ab.", "é"]),
+    tail=st.sampled_from([0, 100, 2048]),
+)
+def test_no_part_of_a_secret_survives_wherever_the_cut_falls(
+    before: int, after: int, filler: str, tail: int
+) -> None:
+    text = (filler * before)[:before] + SECRET + (filler * after)[:after]
+    scrubbed = Redactor([SECRET]).scrub_bounded(text, head=MAX_VALUE_CHARS, tail=tail)
+    for start in range(len(SECRET) - 5):
+        assert SECRET[start : start + 6] not in scrubbed
+    assert len(scrubbed) <= MAX_VALUE_CHARS + tail + len(REDACTED) * 2 + 40
