@@ -69,6 +69,7 @@ class Redactor:
 
     def set_secrets(self, secrets: Iterable[str]) -> None:
         self._secrets = frozenset(s for s in secrets if len(s) >= 4)
+        self._sorted_secrets = sorted(self._secrets, key=len, reverse=True)
 
     def scrub(self, text: str, values: Iterable[str] = (), *, limit: int = MAX_VALUE_CHARS) -> str:
         """`text` cut to `limit` characters (with a marker), without secrets, `values` (e.g. the
@@ -96,6 +97,8 @@ class Redactor:
         """Literals to replace anywhere (longest first, so one containing another goes whole),
         and a whole-word pattern for two- and three-character values (`CA`, `Li`)."""
         given = {v.strip() for v in values}
+        if not given:  # the common case: a log line, no order at hand
+            return self._sorted_secrets, None
         long = self._secrets | {v for v in given if len(v) >= 4}
         words = sorted((v for v in given if 2 <= len(v) < 4), key=len, reverse=True)
         short = None
