@@ -13,10 +13,9 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
 
 from consumer import config, logs
-from consumer.errors import ConfigError, ConsumerError
+from consumer.errors import ConfigError, ConsumerError, LedgerError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                      help="exit once caught up and idle this long (batch jobs, demo)")  # fmt: skip
     sub.add_parser("status", help="ledger figures, incl. the open window")
-    rewind = sub.add_parser("rewind", help="move the (stopped) group's offsets to replay")
+    rewind = sub.add_parser("rewind", help="move the (stopped) groups' offsets to replay")
     rewind.add_argument("target", help="earliest | latest | offset:N | time:<ISO 8601 with zone>")
-    rewind.add_argument("--partition", type=int, action="append", dest="partitions",
-                        help="only this partition (repeatable); default: all")  # fmt: skip
+    rewind.add_argument(
+        "--partition",
+        type=int,
+        action="append",
+        dest="partitions",
+        help="only this partition (repeatable); default: all",
+    )
+    rewind.add_argument(
+        "--destination",
+        action="append",
+        dest="destinations",
+        choices=("nibble", "nudgify", "custobar"),
+        help="only this destination's group (repeatable); default: every enabled destination",
+    )
     sub.add_parser("sandbox", help="run the vendor sandbox (see `consumer sandbox --help`)")
     sub.add_parser("demo", help="broker + sandbox + sample orders + consumer, then a summary")
     parsed = parser.parse_args(args)
@@ -50,19 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
     try:
         if parsed.command == "status":
-            return asyncio.run(_status(settings))
+            return _status(settings)
         if parsed.command == "rewind":
-            from consumer.rewind import rewind as rewind_group
-
-            try:
-                moved = rewind_group(settings, parsed.target, parsed.partitions)
-            except ValueError as exc:
-                print(f"rewind: {exc}", file=sys.stderr)
-                return 2
-            stats = asyncio.run(_ledger_stats(settings))
-            print(json.dumps({"topic": settings.topic, "group": settings.group_id,
-                              "committed": moved, "ledger": stats}))  # fmt: skip
-            return 0
+            return _rewind(settings, parsed.target, parsed.destinations, parsed.partitions)
         return asyncio.run(_run(settings, idle_exit_s=parsed.idle_exit))
     except ConsumerError as exc:
         logs.get_logger("consumer").error("consumer.failed", error=str(exc))
@@ -111,29 +112,48 @@ def _arm_shutdown_watchdog(seconds: float) -> None:
     timer.start()
 
 
-async def _ledger_stats(settings: config.Settings) -> dict[str, Any]:
-    """The ledger's figures per destination; the open window is what a replay cannot vouch for."""
-    from consumer.ledger import open_ledger
+def _status(settings: config.Settings) -> int:
+    from consumer.ledger_view import ledger_figures
 
-    ledger = await open_ledger(settings.ledger_url, create=False)
     try:
-        stats = await ledger.stats()
-    finally:
-        await ledger.close()
-    return {
-        "destinations": {
-            name: {"delivered": f.delivered, "dead_lettered": f.dead_lettered,
-                   "claimed_not_completed": f.claimed, "open_window_taken_over": f.taken_over}
-            for name, f in stats.destinations.items()
-        },
-        "open_window": stats.open_window,
-    }  # fmt: skip
-
-
-async def _status(settings: config.Settings) -> int:
-    stats = await _ledger_stats(settings)
+        figures = asyncio.run(ledger_figures(settings.ledger_url))
+    except LedgerError as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return 1
     location = settings.ledger_url.split("@")[-1]  # never the credentials part of a URL
-    print(json.dumps({"ledger": location, **stats}, indent=2))
+    print(json.dumps({"ledger": location, **figures}, indent=2))
+    return 0
+
+
+def _rewind(
+    settings: config.Settings,
+    target: str,
+    destinations: list[str] | None,
+    partitions: list[int] | None,
+) -> int:
+    """Rewind each chosen destination's group and print what moved. The ledger must exist: it
+    is what makes the replay skip what was delivered, so without it nothing is rewound."""
+    from consumer.ledger_view import ledger_figures
+    from consumer.rewind import enabled_destinations, rewind
+
+    chosen = destinations or enabled_destinations(settings)
+    try:
+        figures = asyncio.run(ledger_figures(settings.ledger_url))
+    except LedgerError as exc:
+        print(f"rewind: {exc}; nothing was rewound", file=sys.stderr)
+        return 1
+    try:
+        moved = rewind(settings, target, destinations=chosen, partitions=partitions)
+    except ValueError as exc:
+        print(f"rewind: {exc}", file=sys.stderr)
+        return 2
+    print(f"rewound topic {settings.topic} to {target}")
+    for name, moves in moved.items():
+        print(f"{name} (group {settings.destination_group(name)}):")
+        for move in moves:
+            old = "none" if move.old is None else move.old
+            print(f"  partition {move.partition}: {old} → {move.new}")
+    print("ledger: " + json.dumps(figures))
     return 0
 
 

@@ -202,15 +202,16 @@ async def build_service(settings: Settings) -> Service:
         )
     dead_letters = KafkaDeadLetters(Producer(producer_config(settings)), settings.dead_letter_topic)
     office = DeadLetterOffice(dead_letters, ledger, owner=settings.instance_id, backoff=backoff)
+    bounds = settings.limits
     limits = LaneLimits(
         max_in_flight=settings.max_in_flight,
-        max_in_flight_bytes=d.max_in_flight_bytes,
+        max_in_flight_bytes=bounds.max_in_flight_bytes,
         shutdown_grace_s=settings.shutdown_grace_s,
-        internal_error_retries=d.internal_error_retries,
-        stalled_record_s=d.stalled_record_s,
-        brake_ratio=d.dlq_brake_ratio,
-        brake_window=d.dlq_brake_window,
-        brake_min=d.dlq_brake_min,
+        internal_error_retries=bounds.internal_error_retries,
+        stalled_record_s=bounds.stalled_record_s,
+        brake_ratio=bounds.dlq_brake_ratio,
+        brake_window=bounds.dlq_brake_window,
+        brake_min=bounds.dlq_brake_min,
         probe_every_s=d.credentials_retry_s,
     )
     lanes = []
@@ -225,7 +226,7 @@ async def build_service(settings: Settings) -> Service:
             backoff=backoff,
             credentials_retry_s=d.credentials_retry_s,
             lease_s=d.lease_s,
-            internal_error_retries=d.internal_error_retries,
+            internal_error_retries=bounds.internal_error_retries,
             force=settings.resend,
         )
         source = KafkaSource(settings, settings.destination_group(destination.name))

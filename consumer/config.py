@@ -4,17 +4,18 @@ Every variable is prefixed `CONSUMER_`. A secret `CONSUMER_X` may instead be giv
 `CONSUMER_X_FILE=/path` (Kubernetes/Docker secrets). librdkafka settings pass through as
 `CONSUMER_KAFKA__<NAME>` where `_` stands for `.` (`CONSUMER_KAFKA__SASL_MECHANISMS=PLAIN`).
 An unknown `CONSUMER_` variable is an error: a typo must not silently fall back to a default.
+Rules beyond a value's type (URL safety, vendor codes, librdkafka's verdict) are in
+`config_rules`; every problem of a start is reported at once.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from consumer import config_rules as rules
 from consumer.errors import ConfigError
 
 PREFIX = "CONSUMER_"
@@ -29,9 +30,12 @@ RESERVED_KAFKA_SETTINGS = frozenset(
         "group.id",
         "bootstrap.servers",
         "partition.assignment.strategy",
+        # The classic protocol's cooperative-sticky assignment is what the runner relies on.
+        "group.protocol",
         "on_commit",
     }
 )
+MIB = 1024 * 1024
 
 
 class Secret:
@@ -98,12 +102,6 @@ class DeliverySettings:
     retry_max_s: float
     credentials_retry_s: float
     lease_s: float
-    max_in_flight_bytes: int = 16 * 1024 * 1024
-    dlq_brake_ratio: float = 0.5
-    dlq_brake_window: int = 100
-    dlq_brake_min: int = 20
-    internal_error_retries: int = 5
-    stalled_record_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +155,27 @@ def _registry_settings(r: _Reader, url: str | None) -> RegistrySettings:
         r.fail(f"{PREFIX}{name}CERTIFICATE_LOCATION and {PREFIX}{name}KEY_LOCATION go together")
     if settings != RegistrySettings() and url is None:
         r.fail(f"{PREFIX}{name}* settings are set but {PREFIX}SCHEMA_REGISTRY_URL is not")
-    parts = urlsplit(url or "")
-    if settings.credentials and parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
-        r.fail(f"{PREFIX}SCHEMA_REGISTRY_URL must use https to send credentials")
+    # Plain http is refused for the URL itself unless on loopback (`_Reader.url`), so
+    # credentials never travel in clear text.
     return settings
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Bounds and brakes of the flow; each field mirrors its variable (`CONSUMER_<FIELD>`)."""
+
+    max_in_flight_bytes: int = 16 * MIB
+    """Record bytes in flight per destination; at the bound that destination takes no more."""
+    dlq_brake_ratio: float = 0.5
+    """Share of a destination's recent orders being dead-lettered above which it pauses."""
+    dlq_brake_window: int = 100
+    """How many of a destination's most recent orders the ratio is taken over."""
+    dlq_brake_min: int = 20
+    """Dead letters within the window before the brake can trip at all."""
+    internal_error_retries: int = 5
+    """Retries of an unexpected error on a record before it is dead-lettered (internal_error)."""
+    stalled_record_s: float = 300.0
+    """A partition held back by one record longer than this is reported stalled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +203,7 @@ class Settings:
     log_format: str
     log_level: str
     resend: bool = False
+    limits: LimitSettings = field(default_factory=LimitSettings)
     instance_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
 
     def destination_group(self, destination: str) -> str:
@@ -210,6 +226,8 @@ class Settings:
             if s is not None and s.reveal()
         ]
         found += self.registry.secrets()
+        if self.nudgify.site_key:  # not a credential, but it names the customer's site
+            found.append(self.nudgify.site_key)
         found += [v for k, v in self.kafka.items() if _looks_secret(k) and v]
         return tuple(found)
 
@@ -249,12 +267,19 @@ class _Reader:
         if direct and path:
             self.fail(f"set either {PREFIX}{name} or {PREFIX}{file_key}, not both")
         if path:
-            try:
-                return Secret(Path(path).read_text(encoding="utf-8").strip())
-            except OSError as exc:
-                self.fail(f"{PREFIX}{file_key}: cannot read {path}: {exc.strerror}")
-                return None
+            text = self.read_file(PREFIX + file_key, path)
+            return None if text is None else Secret(text)
         return Secret(direct) if direct else None
+
+    def read_file(self, key: str, path: str) -> str | None:
+        """A secret file's text, or None with the problem noted (never its content)."""
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            self.fail(f"{key}: cannot read {path}: {exc.strerror}")
+        except UnicodeDecodeError:
+            self.fail(f"{key}: {path} is not UTF-8 text")
+        return None
 
     def flag(self, name: str, default: bool) -> bool:
         value = self.raw(name)
@@ -289,33 +314,20 @@ class _Reader:
         return int(number)
 
     def url(self, name: str, default: str | None) -> str | None:
+        """An http(s) URL without a trailing slash; a refused one is noted and left out (so a
+        password in it never reaches the settings' repr)."""
         value = self.raw(name) or default
         if value is None:
             return None
-        try:
-            return _vendor_url(name, value)
-        except ConfigError as exc:
-            self.fail(str(exc))
-            return value
+        problem = rules.http_url_problem(name, value)
+        if problem is not None:
+            self.fail(problem)
+            return ""
+        return value.rstrip("/")
 
-
-def _vendor_url(name: str, url: str) -> str:
-    """https only, except loopback (the sandbox): credentials must never travel in clear text."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{PREFIX}{name} must be an http(s) URL, got {url!r}")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise ConfigError(f"{PREFIX}{name} must use https (plain http is allowed only on loopback)")
-    return url.rstrip("/")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    def check(self, problem: str | None) -> None:
+        if problem is not None:
+            self.fail(problem)
 
 
 def _kafka_passthrough(env: Mapping[str, str], r: _Reader) -> dict[str, str]:
@@ -326,11 +338,10 @@ def _kafka_passthrough(env: Mapping[str, str], r: _Reader) -> dict[str, str]:
         name = key[len(KAFKA_PASSTHROUGH) :]
         if name.endswith("_FILE"):  # e.g. CONSUMER_KAFKA__SASL_PASSWORD_FILE
             name = name.removesuffix("_FILE")
-            try:
-                value = Path(value).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                r.fail(f"{key}: cannot read {value}: {exc.strerror}")
+            text = r.read_file(key, value)
+            if text is None:
                 continue
+            value = text
         name = name.lower().replace("_", ".")
         if name in RESERVED_KAFKA_SETTINGS:
             r.fail(f"{key}: {name} is managed by the service and cannot be overridden")
@@ -346,11 +357,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     bootstrap = r.optional("BOOTSTRAP_SERVERS") or env.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
         r.fail(f"{PREFIX}BOOTSTRAP_SERVERS is required (host:port[,host:port])")
-    registry = r.optional("SCHEMA_REGISTRY_URL")
-    avro_format = r.text("AVRO_FORMAT", "confluent" if registry else "schemaless")
+    registry = r.url("SCHEMA_REGISTRY_URL", None)  # "" when given but refused
+    avro_format = r.text("AVRO_FORMAT", "schemaless" if registry is None else "confluent")
     if avro_format not in ("confluent", "schemaless"):
         r.fail(f"{PREFIX}AVRO_FORMAT must be confluent or schemaless")
-    if avro_format == "confluent" and not registry:
+    if avro_format == "confluent" and registry is None:
         r.fail(f"{PREFIX}AVRO_FORMAT=confluent needs {PREFIX}SCHEMA_REGISTRY_URL")
     writer_schema = Path(r.text("WRITER_SCHEMA", str(PACKAGED_SCHEMA)))
     reader_schema = Path(r.text("READER_SCHEMA", str(PACKAGED_SCHEMA)))
@@ -377,7 +388,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         enabled=r.flag("NUDGIFY_ENABLED", True),
         base_url=r.url("NUDGIFY_BASE_URL", "https://app.nudgify.com") or "",
         api_key=r.secret("NUDGIFY_API_KEY"),
-        site_key=r.optional("NUDGIFY_SITE_KEY"),
+        site_key=_site_key(r),
         batch_size=r.integer("NUDGIFY_BATCH_SIZE", 100, minimum=1, maximum=1000),
     )
     custobar = CustobarSettings(
@@ -387,8 +398,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         token=r.secret("CUSTOBAR_TOKEN"),
         username=r.optional("CUSTOBAR_USERNAME"),
         password=r.secret("CUSTOBAR_PASSWORD"),
-        default_currency=r.text("CUSTOBAR_DEFAULT_CURRENCY", "EUR").upper(),
-        company=r.text("CUSTOBAR_COMPANY", "COMPANY").upper(),
+        default_currency=_currency(r),
+        company=_company(r),
         batch_size=r.integer("CUSTOBAR_BATCH_SIZE", 200, minimum=1, maximum=2000),
     )
     _check_vendors(r, nibble, nudgify, custobar)
@@ -409,8 +420,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         group_id=r.text("GROUP_ID", "order-consumer"),
         dead_letter_topic=r.text("DEAD_LETTER_TOPIC", "order-completed.dlq"),
         kafka=_kafka_passthrough(env, r),
-        schema_registry_url=registry.rstrip("/") if registry else None,
-        registry=_registry_settings(r, registry),
+        schema_registry_url=registry or None,
+        registry=_registry_settings(r, registry or None),
         avro_format=avro_format,
         writer_schema=writer_schema,
         reader_schema=reader_schema,
@@ -420,19 +431,27 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         nudgify=nudgify,
         custobar=custobar,
         delivery=delivery,
-        max_in_flight=r.integer("MAX_IN_FLIGHT", 2000, minimum=1, maximum=1_000_000),
+        max_in_flight=r.integer("MAX_IN_FLIGHT", 2000, minimum=1, maximum=20_000),
         commit_interval_ms=r.integer("COMMIT_INTERVAL_MS", 1000, minimum=10, maximum=60_000),
         shutdown_grace_s=r.number("SHUTDOWN_GRACE_S", 30.0, minimum=0.1, maximum=3600),
         health_port=health_port or None,
         log_format=r.text("LOG_FORMAT", "auto").lower(),
         log_level=r.text("LOG_LEVEL", "info").lower(),
         resend=r.flag("RESEND", False),
+        limits=_limits(r),
     )
     _check_kafka_tls(r, settings.kafka)
     if settings.log_format not in ("auto", "json", "console"):
         r.fail(f"{PREFIX}LOG_FORMAT must be auto, json or console")
-    if not settings.ledger_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        r.fail(f"{PREFIX}LEDGER_URL must be sqlite:///<path> or postgresql://...")
+    r.check(rules.log_level_problem(settings.log_level))
+    r.check(rules.ledger_url_problem(settings.ledger_url))
+    if settings.dead_letter_topic == settings.topic:
+        r.fail(
+            f"{PREFIX}DEAD_LETTER_TOPIC must differ from {PREFIX}TOPIC: dead letters would be "
+            "consumed again"
+        )
+    for problem in rules.librdkafka_problems(settings.kafka, settings.secrets()):
+        r.fail(problem)
     unknown = sorted(
         k
         for k in env
@@ -443,6 +462,50 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if r.problems:
         raise ConfigError("\n  ".join(r.problems))
     return settings
+
+
+def _site_key(r: _Reader) -> str | None:
+    site_key = r.optional("NUDGIFY_SITE_KEY")
+    if site_key is not None:
+        r.check(rules.site_key_problem(site_key))
+    return site_key
+
+
+def _currency(r: _Reader) -> str:
+    currency = r.text("CUSTOBAR_DEFAULT_CURRENCY", "EUR").upper()
+    r.check(rules.currency_problem(currency))
+    return currency
+
+
+def _company(r: _Reader) -> str:
+    company = r.text("CUSTOBAR_COMPANY", "COMPANY")
+    r.check(rules.company_problem(company))
+    return company.upper()
+
+
+def _limits(r: _Reader) -> LimitSettings:
+    d = LimitSettings()
+    ratio = r.number("DLQ_BRAKE_RATIO", d.dlq_brake_ratio, minimum=0, maximum=1)
+    if ratio == 0:
+        r.fail(f"{PREFIX}DLQ_BRAKE_RATIO must be above 0 (and at most 1)")
+    limits = LimitSettings(
+        max_in_flight_bytes=r.integer("MAX_IN_FLIGHT_BYTES", d.max_in_flight_bytes,
+                                      minimum=MIB, maximum=1024 * MIB),
+        dlq_brake_ratio=ratio or d.dlq_brake_ratio,
+        dlq_brake_window=r.integer("DLQ_BRAKE_WINDOW", d.dlq_brake_window,
+                                   minimum=10, maximum=100_000),
+        dlq_brake_min=r.integer("DLQ_BRAKE_MIN", d.dlq_brake_min, minimum=1, maximum=100_000),
+        internal_error_retries=r.integer("INTERNAL_ERROR_RETRIES", d.internal_error_retries,
+                                         minimum=0, maximum=100),
+        stalled_record_s=r.number("STALLED_RECORD_S", d.stalled_record_s,
+                                  minimum=1, maximum=86_400),
+    )  # fmt: skip
+    if limits.dlq_brake_min > limits.dlq_brake_window:
+        r.fail(
+            f"{PREFIX}DLQ_BRAKE_MIN ({limits.dlq_brake_min}) must not exceed "
+            f"{PREFIX}DLQ_BRAKE_WINDOW ({limits.dlq_brake_window}): the brake could never trip"
+        )
+    return limits
 
 
 def _check_vendors(

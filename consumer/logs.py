@@ -1,79 +1,24 @@
 """Logging: structlog events, JSON when not on a terminal, with a redactor that runs last.
 
 The redactor is the guarantee, not a convention: it drops keys that name personal data or
-credentials, and scrubs e-mail addresses, IP addresses and every configured secret value from
-whatever is rendered (event text, values, exception tracebacks).
+credentials, and scrubs e-mail addresses, IP addresses, phone numbers and every configured secret
+value from whatever is rendered (event text, values, exception tracebacks). Every string is cut
+to a bound before it is scanned (`consumer.redaction`), so a huge value costs no more than a
+small one.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
 
-SENSITIVE_KEYS = frozenset(
-    {
-        "email", "phone", "ip", "first_name", "last_name", "name", "customer", "address",
-        "api_key", "api_secret", "secret", "token", "password", "authorization", "site_key",
-        "session_token", "headers",
-    }
-)  # fmt: skip
-EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
-IPV6 = re.compile(r"\b(?:[0-9a-fA-F]{1,4}:){3,7}[0-9a-fA-F]{1,4}\b")
-REDACTED = "[redacted]"
+from consumer.redaction import REDACTED, REDACTOR, SENSITIVE_KEYS, Redactor
 
-
-class Redactor:
-    """A structlog processor; also used for dead-letter headers and error texts."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.set_secrets(secrets)
-
-    def set_secrets(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret that contains another is scrubbed whole.
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
-
-    def scrub(self, text: str, *, values: Iterable[str] = ()) -> str:
-        """`values`: literal personal values to scrub too (e.g. of the orders in a request)."""
-        for value in sorted({v for v in values if len(v) >= 3}, key=len, reverse=True):
-            text = text.replace(value, REDACTED)
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        text = EMAIL.sub(REDACTED, text)
-        text = IPV4.sub(REDACTED, text)
-        return IPV6.sub(REDACTED, text)
-
-    def _value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.scrub(value)
-        if isinstance(value, bool | int | float) or value is None:
-            return value
-        if isinstance(value, dict):
-            return {
-                k: REDACTED if k in SENSITIVE_KEYS else self._value(v) for k, v in value.items()
-            }
-        if isinstance(value, list | tuple):
-            return [self._value(v) for v in value]
-        return self.scrub(str(value))
-
-    def __call__(
-        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        for key in list(event_dict):
-            if key in SENSITIVE_KEYS:
-                event_dict[key] = REDACTED
-            else:
-                event_dict[key] = self._value(event_dict[key])
-        return event_dict
-
-
-REDACTOR = Redactor()
+__all__ = ["REDACTED", "REDACTOR", "SENSITIVE_KEYS", "Redactor", "configure", "get_logger"]
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

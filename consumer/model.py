@@ -73,17 +73,22 @@ class Order:
     tags: tuple[str, ...] = ()
     custom_fields: Mapping[str, str] = field(default_factory=dict)
 
-    def personal_values(self) -> tuple[str, ...]:
-        """The order's personal data as text, for scrubbing vendor and exception messages."""
-        c, a = self.customer, self.address
-        values = (c.id, c.email, c.phone, c.first_name, c.last_name, c.ip, a.city, a.state,
-                  self.nibble_session_token)  # fmt: skip
-        return tuple(v.strip() for v in values if v and v.strip())
-
     @property
     def items_total(self) -> Decimal:
         """All lines after line discounts and the order discount: what the goods cost."""
         return sum((line.total for line in self.lines), Decimal(0)) - self.discount
+
+    def personal_values(self) -> tuple[str, ...]:
+        """The personal values this order carries, for scrubbing them from texts about it (a
+        vendor's error message may quote them): e-mail, phone, names, customer id, IP (and each
+        address of a forwarded list), city, state and the Nibble session token; blanks left out.
+        """
+        c, a = self.customer, self.address
+        found = [c.email, c.phone, c.first_name, c.last_name, c.id, c.ip, a.city, a.state,
+                 self.nibble_session_token]  # fmt: skip
+        if c.ip and "," in c.ip:
+            found += c.ip.split(",")
+        return tuple(dict.fromkeys(v.strip() for v in found if v and v.strip()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -213,7 +213,7 @@ class Deployment:
         *,
         until: Callable[[], bool] | None = None,
         idle_s: float = 0.1,
-        timeout_s: float = 20,
+        timeout_s: float = 60,
     ) -> None:
         """Run the lanes until `until()` holds, or until every lane is idle."""
         lanes = self.build()

@@ -121,14 +121,19 @@ class SqliteLedger:
     def _open_read_only(cls, file: Path) -> SqliteLedger:
         if not file.is_file():
             raise LedgerError(
-                f"no ledger at {file}: check CONSUMER_LEDGER_URL (nothing was created)"
+                f"the SQLite ledger {file} does not exist: check CONSUMER_LEDGER_URL "
+                "(status and rewind never create a ledger)"
             )
         try:
             db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True,
                                  isolation_level=None, check_same_thread=False)  # fmt: skip
             version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot read the SQLite ledger {file}: {exc}") from exc
+        if "deliveries" not in tables:
+            db.close()
+            raise LedgerError(f"{file} is not a ledger (it has no deliveries table)")
         if version != SCHEMA_VERSION:
             db.close()
             raise LedgerError(

@@ -200,7 +200,7 @@ def test_sqlite_claims_of_a_crashed_process_are_taken_over_on_restart(tmp_path) 
 
 def test_status_never_creates_a_ledger(tmp_path) -> None:  # type: ignore[no-untyped-def]
     missing = tmp_path / "typo" / "ledger.sqlite3"
-    with pytest.raises(LedgerError, match="no ledger at"):
+    with pytest.raises(LedgerError, match="does not exist"):
         run(open_ledger(f"sqlite:///{missing}", create=False))
     assert not missing.parent.exists()
 

@@ -47,3 +47,35 @@ def test_stdlib_loggers_such_as_librdkafka_go_through_the_redactor(captured) -> 
     err = captured.readouterr().err
     assert "sup3r-s3cret-key" not in err
     assert "10.1.2.3" not in err
+
+
+def test_a_huge_value_renders_cut_to_the_bound(captured) -> None:  # type: ignore[no-untyped-def]
+    """A vendor's 100 MB error page logged as a value costs a bounded line, not minutes."""
+    log = logs.get_logger("test")
+    log.warning("delivery.rejected", body="<html>" + "x" * 20_000_000, items=list(range(10_000)))
+    line = json.loads(captured.readouterr().err.strip().splitlines()[-1])
+    assert line["body"].endswith("…[truncated 19995910 chars]")
+    assert len(line["body"]) < 4200
+    assert len(line["items"]) == 101
+    assert line["items"][-1] == "…[9900 more items]"
+
+
+def test_a_long_traceback_keeps_its_last_lines_and_is_scrubbed(captured) -> None:  # type: ignore[no-untyped-def]
+    log = logs.get_logger("test")
+    try:
+        raise ValueError("x" * 50_000 + " failed for +358 40 123 4567 at fe80::1%eth0")
+    except ValueError:
+        log.exception("record.failed")
+    line = json.loads(captured.readouterr().err.strip().splitlines()[-1])
+    assert "…[truncated" in line["exception"]
+    assert line["exception"].rstrip().endswith("failed for [redacted] at [redacted]")
+    assert len(line["exception"]) < 13_000
+
+
+def test_phone_numbers_ipv6_and_dict_keys_are_scrubbed_in_log_lines(captured) -> None:  # type: ignore[no-untyped-def]
+    log = logs.get_logger("test")
+    log.info("record.done", note="call +1 (555) 010-9999 from 2001:db8::42",
+             counts={"leon@example.com": 1})  # fmt: skip
+    err = captured.readouterr().err
+    for leak in ("010-9999", "2001:db8::42", "leon@example.com"):
+        assert leak not in err
