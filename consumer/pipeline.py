@@ -22,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from consumer import faultpoints
 from consumer.decode import Decoder, SchemaPending
-from consumer.deliver.worker import DestinationWorker, Outcome, payload_hash
+from consumer.deliver.destination import Outbound
+from consumer.deliver.worker import DestinationWorker, Outcome
 from consumer.errors import RecordError, RejectedError
 from consumer.ledger import ANY_PAYLOAD
 from consumer.logs import REDACTOR, get_logger
@@ -294,6 +296,7 @@ class Lane:
             self._dead_letter(ticket, letter, key=record.coordinates, payload_hash=ANY_PAYLOAD)
             return
         ticket.order = order
+        faultpoints.fail_for(order.order_number)
         result = self._transform(order)
         if isinstance(result, Skip):
             self._finish(ticket, Outcome.SKIPPED)
@@ -303,8 +306,9 @@ class Lane:
             self._dead_letter(ticket, letter, key=order.order_number,
                               payload_hash=f"invalid:{result.reason}")  # fmt: skip
         else:
-            ticket.payload_hash = payload_hash(result)
-            self.worker.submit(order.order_number, result, ticket, ticket.payload_hash)
+            outbound = Outbound.of(order.order_number, result)
+            ticket.payload_hash = outbound.digest
+            self.worker.submit(outbound, ticket)
 
     async def _internal_error(self, ticket: Ticket, exc: Exception) -> None:
         """Retry in place (nothing of the partition passes it), then dead-letter."""

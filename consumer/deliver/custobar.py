@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from consumer.deliver.destination import Outbound
+from consumer.deliver.destination import Outbound, json_document
 from consumer.deliver.http import SUCCESS_STATUSES, error_text, misconfigured, post_json
 from consumer.errors import CredentialsError, RejectedError
 from consumer.model import Order, TransformResult
@@ -70,13 +70,14 @@ class CustobarDestination:
         return custobar.rows(order, default_currency=self._default_currency, company=self._company)
 
     async def send(self, batch: Sequence[Outbound], *, idempotency_key: str) -> None:
-        body = custobar.request_body([row for outbound in batch for row in outbound.items])
+        body = json_document(b'{"sales":[', batch)  # custobar.request_body's shape
         headers = {**self._auth, "Idempotency-Key": idempotency_key}
         answer = await post_json(self._client, "/api/sales/upload/", body, headers=headers)
         status = answer.status
         if status in SUCCESS_STATUSES:
             return
-        message = error_text(answer, "error.reason", "error", "detail", "message", sent=body)
+        sent = [outbound.items for outbound in batch]
+        message = error_text(answer, "error.reason", "error", "detail", "message", sent=sent)
         if status in REJECTED_STATUSES:
             raise RejectedError(message, status=status)
         if status in CREDENTIALS_STATUSES:

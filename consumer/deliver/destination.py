@@ -1,12 +1,20 @@
-"""The seam between the pipeline and a vendor: transform an order, send a batch of them."""
+"""The seam between the pipeline and a vendor: transform an order, send a batch of them.
+
+An order's entries are serialised once, when the record is handed to the worker: the same
+bytes are hashed for the ledger and joined into the request body (`json_document`), so what
+the ledger vouches for is exactly what was sent.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from consumer.model import JSON, Order, TransformResult
+import orjson
+
+from consumer.model import JSON, Order, Payload, TransformResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +23,21 @@ class Outbound:
 
     order_number: str
     items: tuple[JSON, ...]
+    encoded: tuple[bytes, ...]  # each entry as compact JSON: the bytes hashed and sent
+    digest: str  # the ledger's hash of what is sent for this order
+
+    @classmethod
+    def of(cls, order_number: str, payload: Payload) -> Outbound:
+        encoded = tuple(orjson.dumps(item) for item in payload.items)
+        digest = hashlib.sha256(b"\n".join(encoded)).hexdigest()
+        return cls(order_number, payload.items, encoded, digest)
+
+
+def json_document(head: bytes, batch: Sequence[Outbound], tail: bytes = b"]}") -> bytes:
+    """A request body from entries serialised once: `head` opens the document up to its
+    array (`b'{"sales":['`), the entries follow comma-separated, `tail` closes it."""
+    entries: Iterable[bytes] = (entry for outbound in batch for entry in outbound.encoded)
+    return head + b",".join(entries) + tail
 
 
 class Destination(Protocol):

@@ -124,13 +124,16 @@ class Answer:
 
 
 async def post_json(
-    client: httpx.AsyncClient, path: str, body: JSON, *, headers: dict[str, str]
+    client: httpx.AsyncClient, path: str, body: bytes, *, headers: dict[str, str]
 ) -> Answer:
-    """POST within the deadline, read at most the cap, and classify what every vendor shares."""
+    """POST a JSON document (already serialised) within the deadline, read at most the cap,
+    and classify what every vendor shares."""
     limit = deadline_s(client)
+    request = client.build_request(
+        "POST", path, content=body, headers={**headers, "content-type": "application/json"}
+    )
     try:
-        answer = await _exchange(client, client.build_request("POST", path, json=body,
-                                                              headers=headers), limit)  # fmt: skip
+        answer = await _exchange(client, request, limit)
     except TimeoutError as exc:
         raise TransientError(f"timeout: no complete answer within {limit:g} s") from exc
     except httpx.TimeoutException as exc:
@@ -272,7 +275,7 @@ def scrubber(sent: JSON) -> Callable[[str], str]:
 def _personal_values(sent: JSON, depth: int = 0) -> Iterator[str]:
     if depth > MAX_DEPTH:
         return
-    if isinstance(sent, list):
+    if isinstance(sent, list | tuple):
         for item in sent:
             yield from _personal_values(item, depth + 1)
     elif isinstance(sent, dict):

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from consumer.deliver.destination import Outbound
+from consumer.deliver.destination import Outbound, json_document
 from consumer.deliver.http import SUCCESS_STATUSES, error_text, misconfigured, post_json
 from consumer.errors import CredentialsError, RejectedError
 from consumer.model import Order, TransformResult
@@ -57,13 +57,14 @@ class NibbleDestination:
         return nibble.sale(order, report_all_sales=self._report_all_sales)
 
     async def send(self, batch: Sequence[Outbound], *, idempotency_key: str) -> None:
-        body = {"sales": [item for outbound in batch for item in outbound.items]}
+        body = json_document(b'{"sales":[', batch)
         headers = {**self._auth, "Idempotency-Key": idempotency_key}
         answer = await post_json(self._client, "/v1/sales", body, headers=headers)
         status = answer.status
         if status in SUCCESS_STATUSES:
             return
-        message = error_text(answer, "errorMessage", "message", sent=body)
+        sent = [outbound.items for outbound in batch]
+        message = error_text(answer, "errorMessage", "message", sent=sent)
         if status in REJECTED_STATUSES:
             raise RejectedError(message, status=status)
         if status in CREDENTIALS_STATUSES:

@@ -36,8 +36,9 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 
 import httpx
+import orjson
 
-from consumer.deliver.destination import Outbound
+from consumer.deliver.destination import Outbound, json_document
 from consumer.deliver.http import (
     MAX_DEPTH,
     SUCCESS_STATUSES,
@@ -76,21 +77,23 @@ class NudgifyDestination:
         self._client = client
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._site_key = site_key
+        self._head = b'{"site_key":' + orjson.dumps(site_key) + b',"orders":['
         self.max_batch = batch_size
 
     def transform(self, order: Order) -> TransformResult:
         return nudgify.purchase(order)
 
     async def send(self, batch: Sequence[Outbound], *, idempotency_key: str) -> None:
-        body = nudgify.request_body(self._site_key, [o.items[0] for o in batch])
+        body = json_document(self._head, batch)  # nudgify.request_body's shape
         headers = {**self._auth, "Idempotency-Key": idempotency_key}
         answer = await post_json(self._client, "/api/purchases", body, headers=headers)
         status = answer.status
         if status in SUCCESS_STATUSES:
             return
-        message = error_text(answer, "message", "errors", sent=body)
+        sent = [outbound.items for outbound in batch]
+        message = error_text(answer, "message", "errors", sent=sent)
         if status in (400, 422):
-            raise _field_errors(answer, len(batch), scrubber(body))
+            raise _field_errors(answer, len(batch), scrubber(sent))
         if status in CREDENTIALS_STATUSES:
             raise CredentialsError(f"Nudgify refused the account: {message}", status=status)
         if status == 402:

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
-
-import orjson
 
 from consumer import faultpoints
 from consumer.deliver.destination import Destination, Outbound
@@ -111,9 +108,8 @@ class _Send:
 
 
 def payload_hash(payload: Payload) -> str:
-    """A hash of what is sent (canonical JSON of the order's entries)."""
-    canonical = orjson.dumps(payload.items, option=orjson.OPT_SORT_KEYS, default=str)
-    return hashlib.sha256(canonical).hexdigest()
+    """The ledger's hash of what a payload sends (see `Outbound.digest`)."""
+    return Outbound.of("", payload).digest
 
 
 class DestinationWorker:
@@ -161,14 +157,14 @@ class DestinationWorker:
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name=f"worker-{self.name}")
 
-    def submit(self, order_number: str, payload: Payload, ticket: Ticket, digest: str) -> None:
-        """Deliver one record's payload (`digest`: its `payload_hash`); the ticket is told the
-        outcome."""
+    def submit(self, outbound: Outbound, ticket: Ticket) -> None:
+        """Deliver one record's entries of an order; the ticket is told the outcome."""
+        order_number, digest = outbound.order_number, outbound.digest
         last = self._orders.get(order_number)
         if last is not None and last.payload_hash == digest and not last.settled:
             last.tickets.append(ticket)  # the same payload in flight: one send serves both
             return
-        send = _Send(Outbound(order_number, payload.items), digest, [ticket])
+        send = _Send(outbound, digest, [ticket])
         self._orders[order_number] = send
         if last is not None and not last.settled:
             last.next = send  # topic order: wait for the earlier payload to settle

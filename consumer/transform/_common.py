@@ -5,6 +5,7 @@ Place in the flow: helpers of the transform stage; pure, no I/O.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 # Platforms spell states differently ("On-Hold", "canceled", "pending payment"): compare one form.
@@ -12,6 +13,7 @@ ENDED_STATES = frozenset({"CANCELLED", "CANCELED", "RETURNED", "REFUNDED", "CLOS
 """The order did not end as a sale: Nibble and Nudgify have no cancel endpoint, so skip it."""
 
 
+@functools.lru_cache(maxsize=256)  # a platform has a handful of states: normalised once each
 def normalise_state(state: str) -> str:
     """Upper case with `-` and spaces as `_`: "On-Hold" and "on hold" both read "ON_HOLD"."""
     return "_".join(state.strip().upper().replace("-", " ").split())

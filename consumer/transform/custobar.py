@@ -59,6 +59,7 @@ Mapping choices (Custobar's "Sales upload" doc is the contract; NOTES.md fills g
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
@@ -176,6 +177,7 @@ def customer_identifiers(customer: Customer) -> dict[str, JSON]:
     )
 
 
+@functools.lru_cache(maxsize=16)  # one company per deployment: checked once, not per order
 def company_prefix(company: str) -> str:
     """The company short name as a field prefix ("acme" → "ACME__"); ValueError if unusable."""
     name = company.strip().upper()

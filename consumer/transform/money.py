@@ -51,6 +51,9 @@ _CONTEXT = Context(
 )
 
 
+_ONE = Decimal(1)
+
+
 def minor_unit_exponent(currency: str) -> int:
     """Decimal places of the currency's minor unit: 2 unless ISO 4217 says otherwise."""
     return MINOR_UNIT_EXPONENTS.get(currency.strip().upper(), DEFAULT_EXPONENT)
@@ -58,7 +61,9 @@ def minor_unit_exponent(currency: str) -> int:
 
 def hundredths(amount: Decimal) -> int:
     """`amount` times 100 as an integer, halves away from zero, in any currency (Custobar)."""
-    return _scaled_integer(amount, 2)
+    if not amount.is_finite():
+        raise ValueError(f"not a finite amount: {amount}")
+    return int(amount.scaleb(2, _CONTEXT).quantize(_ONE, ROUND_HALF_UP, _CONTEXT))
 
 
 def to_minor_units(amount: Decimal, currency: str) -> int:
@@ -69,8 +74,7 @@ def to_minor_units(amount: Decimal, currency: str) -> int:
 
 def _scaled_integer(amount: Decimal, exponent: int) -> int:
     _check_finite(amount)
-    scaled = amount.scaleb(exponent, context=_CONTEXT)
-    return int(scaled.quantize(Decimal(1), rounding=ROUND_HALF_UP, context=_CONTEXT))
+    return int(amount.scaleb(exponent, _CONTEXT).quantize(_ONE, ROUND_HALF_UP, _CONTEXT))
 
 
 def decimal_string(amount: Decimal, currency: str) -> str:
@@ -85,8 +89,8 @@ def decimal_string(amount: Decimal, currency: str) -> str:
 
 def convert(amount: Decimal, exchange_rate: Decimal) -> Decimal:
     """Price in the base currency: `amount / exchange_rate`, unrounded (round once, later)."""
-    _check_finite(amount)
-    _check_finite(exchange_rate)
+    if not (amount.is_finite() and exchange_rate.is_finite()):
+        raise ValueError(f"not a finite amount: {amount} / {exchange_rate}")
     if exchange_rate <= 0:
         raise ValueError(f"exchange rate must be positive, got {exchange_rate}")
     return _CONTEXT.divide(amount, exchange_rate)

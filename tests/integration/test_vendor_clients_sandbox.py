@@ -76,7 +76,7 @@ def send(url: str, vendor: str, orders: int = 3, **options: float) -> DeliveryEr
     for n in range(1, orders + 1):
         payload = target.transform(make_order(order_number=str(1000 + n), customer=CUSTOMER))
         assert isinstance(payload, Payload), payload
-        batch.append(Outbound(str(1000 + n), payload.items))
+        batch.append(Outbound.of(str(1000 + n), payload))
 
     async def run() -> DeliveryError | None:
         try:

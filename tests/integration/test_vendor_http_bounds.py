@@ -15,6 +15,7 @@ from consumer.deliver.destination import Outbound
 from consumer.deliver.http import MESSAGE_CHARS, RESPONSE_CAP_BYTES, build_client
 from consumer.deliver.nibble import NibbleDestination
 from consumer.errors import DeliveryError, RejectedError, TransientError
+from consumer.model import Payload
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +54,7 @@ class Server:
         port = server.sockets[0].getsockname()[1]
         client = build_client(f"http://127.0.0.1:{port}", timeout_s=TIMEOUT_S, concurrency=1)
         nibble = NibbleDestination(client, api_key="k", api_secret="s", report_all_sales=True)
-        batch = [Outbound("SO-1", ({"order_number": "SO-1"},))]
+        batch = [Outbound.of("SO-1", Payload(({"order_number": "SO-1"},)))]
         started = time.monotonic()
         try:
             await nibble.send(batch, idempotency_key="key")

@@ -28,6 +28,7 @@ from consumer.errors import (
     RejectedError,
     TransientError,
 )
+from consumer.model import Payload
 
 Handler = Callable[[httpx.Request], httpx.Response]
 NOW = datetime(1994, 11, 6, 8, 49, 0, tzinfo=UTC)
@@ -67,8 +68,9 @@ CLIENTS = {"nibble": nibble, "nudgify": nudgify, "custobar": custobar}
 
 def batch(size: int = 3) -> list[Outbound]:
     return [
-        Outbound(str(n), ({"order_id": n, "email": f"leon{n}@example.com", "first_name": "Leon",
-                           "last_name": "Gomes", "city": "Los Angeles"},))
+        Outbound.of(str(n), Payload(({"order_id": n, "email": f"leon{n}@example.com",
+                                      "first_name": "Leon", "last_name": "Gomes",
+                                      "city": "Los Angeles"},)))
         for n in range(1, size + 1)
     ]  # fmt: skip
 
@@ -395,3 +397,28 @@ def test_whatever_a_vendor_answers_the_client_raises_only_a_delivery_error(
         assert 0 <= error.retry_after <= RETRY_AFTER_CAP_S
     if isinstance(error, RejectedError):
         assert set(error.culprits) <= set(range(size))
+
+
+# --- the bytes sent -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vendor", sorted(CLIENTS))
+def test_each_body_is_the_documented_document_of_the_entries_serialised_once(vendor):
+    from consumer.transform import custobar as custobar_rows
+    from consumer.transform import nudgify as nudgify_orders
+
+    recorder = Vendor(answer(200, {"response": "ok"}))
+    send(CLIENTS[vendor](recorder), 3)
+    (request,) = recorder.requests
+    entries = [item for outbound in batch(3) for item in outbound.items]
+    expected = {
+        "nibble": {"sales": entries},
+        "nudgify": nudgify_orders.request_body("s", entries),
+        "custobar": custobar_rows.request_body(entries),
+    }[vendor]
+    assert request.headers["content-type"] == "application/json"
+    assert json.loads(request.content) == expected
+    # The bytes the ledger's hash covers are the bytes on the wire.
+    for outbound in batch(3):
+        for encoded in outbound.encoded:
+            assert encoded in request.content

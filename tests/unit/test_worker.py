@@ -97,8 +97,7 @@ class Stream:
 
     def submit(self, number: str, version: str = "v1", *, partition: int = 0) -> RecordTicket:
         ticket = RecordTicket(partition, len(self.tickets))
-        body = payload(number, version)
-        self.w.submit(number, body, ticket, payload_hash(body))
+        self.w.submit(Outbound.of(number, payload(number, version)), ticket)
         self.tickets.append(ticket)
         return ticket
 
