@@ -87,9 +87,9 @@ def test_a_vendor_answering_100_mb_error_bodies_neither_pins_a_core_nor_ignores_
     orders = stage.produce_orders(scaled(40), seed=52)
     expected = expected_keys(orders)
     with running(stage, CONSUMER_SHUTDOWN_GRACE_S="3") as process:
-        assert wait_until(lambda: sandbox.stats()["nibble"]["failed_requests"] >= 3, 60)
+        assert wait_until(lambda: sandbox.stats()["nibble"]["failed_requests"] >= 3, timeout_s=60)
         assert wait_until(lambda: all(expected[v] <= {r["key"] for r in sandbox.records(v)}
-                                      for v in ("nudgify", "custobar")), 60)  # fmt: skip
+                                      for v in ("nudgify", "custobar")), timeout_s=60)  # fmt: skip
         rss_mb = rss_of(process.pid)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -120,12 +120,12 @@ def test_a_vendor_redirect_pauses_it_and_dead_letters_nothing(
     port = free_port()
     with running(stage, CONSUMER_HEALTH_PORT=str(port)):
         assert wait_until(lambda: all(expected[v] <= {r["key"] for r in sandbox.records(v)}
-                                      for v in ("nibble", "nudgify")), 60)  # fmt: skip
+                                      for v in ("nibble", "nudgify")), timeout_s=60)  # fmt: skip
         assert wait_until(
             lambda: (
                 metrics(port).get('order_consumer_destination_paused{destination="custobar"}') == 1
             ),
-            20,
+            timeout_s=20,
         )
         assert sandbox.records("custobar") == []
         assert stage.dead_letters(0, timeout_s=1) == []
@@ -182,7 +182,7 @@ def test_a_vendor_that_drips_its_answer_is_timed_out_and_holds_no_slot_for_long(
     orders = stage.produce_orders(scaled(40), seed=55)
     expected = expected_keys(orders)
     with running(stage, CONSUMER_HTTP_TIMEOUT_S="2", CONSUMER_CONCURRENT_REQUESTS="1"):
-        assert wait_until(lambda: sandbox.stats()["nibble"]["requests"] >= 4, 60)
+        assert wait_until(lambda: sandbox.stats()["nibble"]["requests"] >= 4, timeout_s=60)
         started = time.monotonic()
         requests = sandbox.stats()["nibble"]["requests"]
         time.sleep(6)
@@ -217,7 +217,7 @@ def test_the_shared_ledger_restarted_mid_delivery_loses_and_doubles_nothing(
     orders = stage.produce_orders(scaled(150), seed=56)
     env = {"CONSUMER_LEDGER_URL": own_postgres.url, "CONSUMER_NIBBLE_BATCH_SIZE": "10"}
     with running(stage, **env) as process:
-        assert wait_until(lambda: len(sandbox.records("nibble")) >= 20, 60)
+        assert wait_until(lambda: len(sandbox.records("nibble")) >= 20, timeout_s=60)
         own_postgres.stop()
         time.sleep(3)
         own_postgres.start()
@@ -237,7 +237,7 @@ def test_the_shared_ledger_unreachable_longer_than_a_lease_with_three_consumers(
            "CONSUMER_CUSTOBAR_BATCH_SIZE": "10"}  # fmt: skip
     members = [stage.spawn(CONSUMER_HEALTH_PORT=str(port), **env) for port in ports]
     try:
-        assert wait_until(lambda: len(sandbox.records("custobar")) >= 20, 60)
+        assert wait_until(lambda: len(sandbox.records("custobar")) >= 20, timeout_s=60)
         own_postgres.stop()
         deadline = time.monotonic() + 2 * lease_s
         while time.monotonic() < deadline:  # metrics are still served meanwhile
