@@ -24,9 +24,9 @@ from consumer.deliver.nibble import NibbleDestination
 from consumer.deliver.nudgify import NudgifyDestination
 from consumer.deliver.retry import Backoff
 from consumer.deliver.worker import DestinationWorker
-from consumer.errors import ConsumerError
+from consumer.errors import ConsumerError, LedgerError
 from consumer.health import HealthServer
-from consumer.ledger import Ledger, open_ledger
+from consumer.ledger import Ledger, LedgerStats, open_ledger
 from consumer.logs import get_logger
 from consumer.pipeline import Lane, LaneLimits
 from consumer.records import RECORD, DeadLetterOffice
@@ -35,6 +35,7 @@ from consumer.runner import KafkaSource, seed_destination_groups
 
 log = get_logger(__name__)
 SEED_RETRY_S = 5.0
+LEDGER_STATS_TIMEOUT_S = 1.0
 
 
 def build_destinations(settings: Settings) -> list[Destination]:
@@ -86,6 +87,7 @@ class Service:
     clients: list[httpx.AsyncClient]
     decoder: Decoder
     health: HealthServer | None = None
+    _stats: LedgerStats = dataclasses.field(default_factory=lambda: LedgerStats({}))
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Outcomes per destination; `*`: records that never became an order."""
@@ -95,12 +97,21 @@ class Service:
             table[RECORD] = records
         return table
 
+    async def _ledger_stats(self) -> LedgerStats:
+        """The ledger's figures, or the last ones read while it does not answer within a
+        second: /metrics and /health stay served through a ledger outage."""
+        try:
+            self._stats = await asyncio.wait_for(self.ledger.stats(), LEDGER_STATS_TIMEOUT_S)
+        except (TimeoutError, LedgerError) as exc:
+            log.warning("ledger.stats_unavailable", error=str(exc) or "timeout")
+        return self._stats
+
     @property
     def in_flight(self) -> int:
         return sum(lane.in_flight for lane in self.lanes)
 
     async def snapshot(self) -> dict[str, Any]:
-        stats = await self.ledger.stats()
+        stats = await self._ledger_stats()
         lanes = {lane.name: lane.snapshot() for lane in self.lanes}
         return {
             "ready": all(lane["kafka_healthy"] for lane in lanes.values()),

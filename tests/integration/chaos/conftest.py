@@ -59,10 +59,14 @@ def measure(
     produced: int | None = None,
     expected_dead_lettered: int = 0,
     allowed_duplicates: int = 0,
+    refused: dict[str, set[str]] | None = None,
 ) -> Figures:
     """Figures from the sandbox's records and the dead-letter topic; asserts lost == 0, the
-    dead-letter count and at most `allowed_duplicates` repeats."""
+    dead-letter count and at most `allowed_duplicates` repeats. `refused`: per vendor, keys it
+    dead-lettered by design (not expected to arrive)."""
     expected = expected_keys(orders)
+    for vendor, keys in (refused or {}).items():
+        expected[vendor] -= keys
     stats = sandbox.stats()
     delivered = {v: {r["key"] for r in sandbox.records(v)} for v in VENDORS}
     figures = Figures(
