@@ -290,7 +290,8 @@ class Lane:
         """Decode, transform, hand over: synchronous; the outcome arrives through the ticket."""
         record = ticket.record
         try:
-            order = self._decoder.decode_now(record.value)
+            where = (record.topic, record.partition, record.offset)
+            order = self._decoder.decode_shared(where, record.value)
         except RecordError as exc:
             letter = DeadLetter(RECORD, exc.error_class, str(exc))
             self._dead_letter(ticket, letter, key=record.coordinates, payload_hash=ANY_PAYLOAD)

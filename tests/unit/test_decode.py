@@ -163,3 +163,20 @@ def test_an_amount_beyond_the_schemas_precision_is_an_invalid_order_not_a_rounde
     decoder = Decoder(reader_schema=load_schema(), writer_schema=load_schema())
     with pytest.raises(InvalidOrderError, match="shipping is outside the schema's decimal"):
         decoder.decode_now(buffer.getvalue())
+
+
+def test_lanes_of_one_process_share_one_decode_per_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder = Decoder(reader_schema=load_schema(), writer_schema=load_schema())
+    decoder.readers = 3
+    value = encode_schemaless(sample_orders(1)[0], load_schema())
+    calls: list[bytes | None] = []
+    real = decoder.decode_now
+    monkeypatch.setattr(decoder, "decode_now", lambda v: calls.append(v) or real(v))
+    orders = [decoder.decode_shared(("orders", 0, 7), value) for _ in range(3)]
+    assert len(calls) == 1 and orders[0] is orders[1] is orders[2]
+    decoder.decode_shared(("orders", 0, 7), value)  # every lane took it: gone, decoded anew
+    assert len(calls) == 2
+    with pytest.raises(UndecodableError):  # a poison record is poison for every lane
+        decoder.decode_shared(("orders", 0, 8), b"\x01\x02")
+    with pytest.raises(UndecodableError):
+        decoder.decode_shared(("orders", 0, 8), b"\x01\x02")
