@@ -186,6 +186,7 @@ class Lane:
         self._last_store = 0.0
         self.in_flight = 0
         self.in_flight_bytes = 0
+        self._record_size = 1024.0  # bytes, a running average of the records seen
         self.outcomes: Counter[str] = Counter()
         self.internal_errors = 0
         self.assigned_once = False
@@ -219,7 +220,11 @@ class Lane:
 
     def _poll_once(self) -> int:
         self._apply_backpressure()
-        room = self._limits.max_in_flight - self.in_flight
+        limits = self._limits
+        room = min(
+            limits.max_in_flight - self.in_flight,
+            int((limits.max_in_flight_bytes - self.in_flight_bytes) / max(self._record_size, 1)),
+        )
         records = self._source.poll(max(1, min(POLL_BATCH, room)))
         for record in records:
             self._accept(record)
@@ -261,7 +266,10 @@ class Lane:
             return
         progress.start(record.offset)
         self.in_flight += 1
-        self.in_flight_bytes += record.size
+        size = record.size
+        self.in_flight_bytes += size
+        # A running average, so one poll fetches about what the byte bound has room for.
+        self._record_size += (size - self._record_size) / 16
         self._backlog.append(Ticket(self, record, progress))
 
     async def _process(self) -> None:

@@ -170,6 +170,7 @@ class Deployment:
     ledger: Ledger
     sink: MemoryDeadLetters = field(default_factory=MemoryDeadLetters)
     max_in_flight: int = 2000
+    max_in_flight_bytes: int = 64 << 20
     internal_error_retries: int = 2
     brake: tuple[float, int, int] = (1.0, 100, 20)  # ratio, window, minimum: off by default
     probe_every_s: float = 0.05
@@ -178,7 +179,8 @@ class Deployment:
     def build(self) -> list[Lane]:
         office = DeadLetterOffice(self.sink, self.ledger, owner="t", backoff=FAST)
         limits = LaneLimits(
-            max_in_flight=self.max_in_flight, max_in_flight_bytes=64 << 20, shutdown_grace_s=2,
+            max_in_flight=self.max_in_flight, max_in_flight_bytes=self.max_in_flight_bytes,
+            shutdown_grace_s=2,
             internal_error_retries=self.internal_error_retries, stalled_record_s=0.2,
             brake_ratio=self.brake[0], brake_window=self.brake[1], brake_min=self.brake[2],
             probe_every_s=self.probe_every_s,

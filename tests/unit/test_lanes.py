@@ -188,3 +188,22 @@ def test_a_partition_held_by_one_record_shows_as_stalled(ledger) -> None:  # typ
 
     asyncio.run(deployment.run(until=observed))
     assert snapshots[-1]["oldest_record_s"] >= 0.2
+
+
+def test_in_flight_is_bounded_by_bytes_as_well_as_records(ledger) -> None:  # type: ignore[no-untyped-def]
+    topic, _ = topic_with(120)
+    slow = Vendor("slow")
+    slow.answer = lambda numbers: TransientError("HTTP 503", status=503)
+    deployment = Deployment(topic, [slow], ledger, max_in_flight=10_000, max_in_flight_bytes=4096)
+    peaks: list[int] = []
+
+    def observed() -> bool:
+        peaks.append(deployment.lanes[0].snapshot()["in_flight_bytes"])
+        return len(peaks) > 50
+
+    asyncio.run(deployment.run(until=observed))
+    record_size = max(len(r.value or b"") + len(r.key or b"") for p in topic.partitions.values()
+                      for r in p)  # fmt: skip
+    # Fetching pauses at the bound; one poll may overshoot it by at most one batch of records.
+    assert 0 < max(peaks) <= 4096 + 3 * record_size
+    assert sum(deployment.committed("slow").values()) == 0

@@ -253,3 +253,38 @@ def test_the_shared_ledger_unreachable_longer_than_a_lease_with_three_consumers(
     measure(f"25. shared ledger unreachable {2 * lease_s} s > lease {lease_s} s, 3 members "
             f"(open window {int(open_window)})", stage, sandbox, orders,
             allowed_duplicates=int(open_window))  # fmt: skip
+
+
+# 26. ----------------------------------------------------------------------------------------
+def test_a_clean_stop_during_a_pause_leaves_no_claim_and_an_unfinished_batch_job_says_so(
+    stage: Stage, sandbox: SandboxControl
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import ROOT
+
+    sandbox.set_faults("nudgify", reject_auth=True)
+    orders = stage.produce_orders(scaled(60), seed=58)
+    expected = expected_keys(orders)
+    job = stage.spawn(idle_exit_s=30)
+    assert wait_until(lambda: all(expected[v] <= {r["key"] for r in sandbox.records(v)}
+                                  for v in ("nibble", "custobar")), timeout_s=60)  # fmt: skip
+    assert wait_until(lambda: sandbox.stats()["nudgify"]["requests"] >= 2, timeout_s=30)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=60) == 4  # a batch job stopped before it was done: not 0
+    status = subprocess.run([sys.executable, "-m", "consumer", "status"], cwd=ROOT,
+                            env=stage.process_env(), capture_output=True, timeout=60)  # fmt: skip
+    figures = json.loads(status.stdout)
+    nudgify = figures["destinations"].get("nudgify", {})  # no row left: nothing claimed
+    assert nudgify.get("claimed_not_completed", 0) == 0
+    assert figures["open_window"] == 0  # the vendor took nothing: nothing may count as twice
+    sandbox.clear_faults()
+    stage.run_in_process()
+    after = json.loads(subprocess.run([sys.executable, "-m", "consumer", "status"], cwd=ROOT,
+                                      env=stage.process_env(), capture_output=True,
+                                      timeout=60).stdout)  # fmt: skip
+    assert after["open_window"] == 0
+    measure("26. clean stop during a pause (exit 4 for the unfinished job; open window 0)",
+            stage, sandbox, orders)  # fmt: skip
