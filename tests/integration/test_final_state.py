@@ -1,0 +1,166 @@
+"""What every vendor holds at the end, held to the reference model (`tests/model.py`): generated
+streams of order events (repeats, later cancellations and changes, poison) run through the REAL
+service, then the sandbox's final state, the sends per order and the dead-letter topic must be
+what the model says.
+
+Fast tier (here, in `make test`): a few small derandomized examples plus explicit regressions.
+Long tier (`model_long`, run by `make chaos`): more examples, bigger streams, kills and members.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from hypothesis import HealthCheck, Phase, given, settings
+
+from consumer.devenv.postgres import create_schema, drop_schema
+from consumer.devenv.samples import partition_for
+from consumer.sandbox.control import SandboxControl
+from consumer.sandbox.settings import SandboxSettings
+from tests.integration.conftest import Stage
+from tests.integration.scenarios import Player, Scenario, scenarios
+from tests.model import VENDORS, expect, problems
+from tests.streams import PARTITIONS, StreamSpec, build, spread
+
+pytestmark = pytest.mark.integration
+SCALE = max(1, int(os.environ.get("CHAOS_SCALE", "1")))
+long_tier = pytest.mark.skipif(SCALE < 2, reason="long tier: `make chaos` (CHAOS_SCALE >= 2)")
+
+
+def fast(examples: int) -> settings:
+    """Few derandomized examples, no shrinking (every shrink step is a run of the service):
+    explicit `@example`s keep what was found, reproducible in CI."""
+    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                    phases=(Phase.explicit, Phase.generate), print_blob=False,
+                    suppress_health_check=list(HealthCheck))  # fmt: skip
+
+
+def thorough(examples: int) -> settings:
+    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=list(HealthCheck))  # fmt: skip
+
+
+@pytest.fixture
+def play(
+    bootstrap: str,
+    sandbox_url: str,
+    sandbox_settings: SandboxSettings,
+    sandbox: SandboxControl,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Callable[[Scenario], Player]:
+    """Play one scenario on a fresh topic, group and ledger (and a fresh sandbox)."""
+
+    def run(scenario: Scenario) -> Player:
+        sandbox.reset()
+        stage = Stage(bootstrap, sandbox_url, sandbox_settings, tmp_path)
+        with shared_ledger(request, scenario) as env:
+            player = Player(stage, sandbox, scenario, **env)
+            player.play()
+        return player
+
+    return run
+
+
+@contextmanager
+def shared_ledger(request: pytest.FixtureRequest, scenario: Scenario) -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL schema when the scenario runs several members; else SQLite."""
+    if not scenario.needs_shared_ledger:
+        yield {}
+        return
+    postgres_url = request.getfixturevalue("postgres_url")
+    schema = f"model_{os.urandom(5).hex()}"
+    url = create_schema(postgres_url, schema)
+    try:
+        yield {"CONSUMER_LEDGER_URL": url}
+    finally:
+        drop_schema(postgres_url, schema)
+
+
+def test_records_keyed_by_order_number_land_where_the_model_places_them(stage: Stage) -> None:
+    """The model places a key with `partition_for`; the default partitioner agrees."""
+    keys = [f"SO-{100000 + i}".encode() for i in range(30)]
+    producer = Producer({"bootstrap.servers": stage.bootstrap})
+    for key in keys:
+        producer.produce(stage.topic, key=key, value=b"x")
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": stage.bootstrap, "group.id": f"p-{stage.name}"})
+    try:
+        consumer.assign([TopicPartition(stage.topic, p, 0) for p in range(stage.partitions)])
+        seen = {}
+        while len(seen) < len(keys):
+            message = consumer.poll(5)
+            assert message is not None and message.error() is None
+            seen[message.key()] = message.partition()
+    finally:
+        consumer.close()
+    assert seen == {key: partition_for(key, PARTITIONS) for key in keys}
+
+
+# The tester's finding, as plain tests ------------------------------------------------------
+def test_an_order_cancelled_later_in_the_same_backlog_ends_cancelled_at_custobar(
+    play: Callable[[Scenario], Player],
+) -> None:
+    """COMPLETE, then CANCELLED, both waiting in the topic: Custobar must end CANCELLED; Nibble
+    and Nudgify keep the one sale they were sent."""
+    play(Scenario(StreamSpec(seed=0, stories=(("cancel",),), schedule=(0, 0))))
+
+
+def test_a_backlog_of_1000_orders_with_repeats_and_later_changes_ends_in_each_last_state(
+    stage: Stage, sandbox: SandboxControl
+) -> None:
+    """1,000 varied orders, ~3% exact repeats and ~3% later state changes (some right behind,
+    some hundreds of records later), 3 partitions, all produced before the consumer starts."""
+    rng = random.Random(2026)
+    stories = [("repeat",) if r < 0.03 else (rng.choice(("cancel", "return", "refund")),)
+               if r < 0.06 else () for r in (rng.random() for _ in range(1000))]  # fmt: skip
+    spec = StreamSpec(seed=2026, stories=tuple(stories), schedule=spread(stories, rng),
+                      prefix=f"K{stage.name[:4]}")  # fmt: skip
+    stream = build(spec)
+    stage.produce_records(stream)
+    stage.run_in_process(idle_exit_s=2)
+
+    expected = expect(stream)
+    custobar = sandbox.state("custobar")
+    wrong = sorted(
+        number for number, sale in expected.held["custobar"].items()
+        if custobar.get(number, {}).get("transaction", {}).get("sale_state")
+        != sale["transaction"]["sale_state"]
+    )  # fmt: skip
+    changed = sum(1 for ops in stories if ops and ops[0] != "repeat")
+    assert wrong == [], (f"{len(wrong)} of 1000 orders end in the wrong state at Custobar "
+                         f"({changed} changed state later): {wrong[:10]}")  # fmt: skip
+    found = problems(
+        expected,
+        state={v: sandbox.state(v) for v in VENDORS},
+        sends={v: Counter(r["key"] for r in sandbox.records(v)) for v in VENDORS},
+        dead_letters=stage.dead_letter_keys(len(expected.dead_letters)),
+    )
+    assert found == [], "\n".join(found[:25])
+
+
+# Generated streams ---------------------------------------------------------------------------
+@fast(examples=5)
+@given(scenario=scenarios(max_orders=5, max_later=3, processes=False))
+def test_generated_streams_end_as_the_model_says(
+    play: Callable[[Scenario], Player], scenario: Scenario
+) -> None:
+    """Chunks produced between runs, rewinds, transient vendor faults and rejected orders."""
+    play(scenario)
+
+
+@long_tier
+@pytest.mark.model_long
+@thorough(examples=10 * SCALE)
+@given(scenario=scenarios(max_orders=25, max_later=4, processes=False))
+def test_long_generated_streams_end_as_the_model_says(
+    play: Callable[[Scenario], Player], scenario: Scenario
+) -> None:
+    play(scenario)
