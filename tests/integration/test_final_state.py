@@ -34,12 +34,15 @@ SCALE = max(1, int(os.environ.get("CHAOS_SCALE", "1")))
 long_tier = pytest.mark.skipif(SCALE < 2, reason="long tier: `make chaos` (CHAOS_SCALE >= 2)")
 
 
+SHRINK = bool(os.environ.get("MODEL_SHRINK"))  # MODEL_SHRINK=1: shrink a failure (minutes)
+
+
 def fast(examples: int) -> settings:
-    """Few derandomized examples, no shrinking (every shrink step is a run of the service):
-    explicit `@example`s keep what was found, reproducible in CI."""
+    """Few derandomized examples, no shrinking unless MODEL_SHRINK=1 (every shrink step is a
+    run of the service): explicit `@example`s keep what was found, reproducible in CI."""
+    phases = tuple(Phase) if SHRINK else (Phase.explicit, Phase.generate)
     return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                    phases=(Phase.explicit, Phase.generate), print_blob=False,
-                    suppress_health_check=list(HealthCheck))  # fmt: skip
+                    phases=phases, suppress_health_check=list(HealthCheck))  # fmt: skip
 
 
 def thorough(examples: int) -> settings:
