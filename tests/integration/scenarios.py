@@ -45,7 +45,8 @@ class Scenario:
 
     ("produce", n)           the next n records of the stream
     ("run",)                 the consumer in-process until idle, then compare with the model
-    ("rewind", target)       `consumer rewind <target>` (earliest, offset:N), then ("run",)
+    ("rewind", target)       `consumer rewind <target>` (earliest; offset:N once all produced
+                             records were consumed: the same N on every partition), then run
     ("faults", vendor, kind) transient vendor faults from now on (`FAULTS`: errors, rate_limit)
     ("calm",)                no transient faults from now on
     ("kill",)                a consumer process SIGKILLed mid-run, then ("run",)
@@ -70,7 +71,7 @@ class Player:
         self.stage, self.sandbox, self.scenario = stage, sandbox, scenario
         self.env = {**SERVICE_ENV, **env}
         self.records = build(scenario.stream)
-        self.produced = 0
+        self.produced = self.consumed = 0
         self.kills = 0
         self.log: list[str] = []
         numbers = order_numbers(scenario.stream)
@@ -100,9 +101,14 @@ class Player:
 
     def run(self) -> None:
         self.stage.run_in_process(idle_exit_s=IDLE_EXIT_S, **self.env)
+        self.consumed = self.produced
         self.check()
 
     def rewind(self, target: str) -> None:
+        if target != "earliest" and self.consumed < self.produced:
+            # `offset:N` is the same N on every partition: only a rewind once the group has
+            # consumed everything (before, it could skip records never read).
+            self.run()
         self.stage.rewind(target, **self.env)
         self.run()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 
 from consumer.devenv.postgres import create_schema, drop_schema
 from consumer.devenv.samples import partition_for
@@ -116,6 +116,41 @@ def test_an_order_cancelled_later_in_the_same_backlog_ends_cancelled_at_custobar
     play(Scenario(StreamSpec(seed=0, stories=(("cancel",),), schedule=(0, 0))))
 
 
+def test_a_change_reverted_in_the_same_backlog_ends_holding_the_original_at_custobar(
+    play: Callable[[Scenario], Player],
+) -> None:
+    """A, B, A queued together: three Custobar sends ending with A. (A fix that only compares
+    with the payload in flight would join the last A to the first and end with B.)"""
+    play(Scenario(StreamSpec(seed=0, stories=(("amount", "revert"),), schedule=(0, 0, 0))))
+
+
+def test_a_negotiated_sale_followed_by_an_invalid_version_is_still_reported_to_nibble(
+    play: Callable[[Scenario], Player],
+) -> None:
+    """A negotiated sale, then the same order without its session token (Invalid for Nibble,
+    dead-lettered) in one backlog: Nibble must still hold the first sale."""
+    play(Scenario(StreamSpec(seed=4, stories=(("drop_token",),), schedule=(0, 0))))
+
+
+def test_an_order_a_vendor_rejects_is_dead_lettered_once_per_distinct_payload(
+    play: Callable[[Scenario], Player],
+) -> None:
+    """Custobar refuses the order; its exact repeat in the same backlog is the same dead letter,
+    not a second one (a redrive would send it twice)."""
+    play(Scenario(StreamSpec(seed=0, stories=(("repeat",),), schedule=(0, 0)),
+                  reject=(("custobar", 0),)))  # fmt: skip
+
+
+def test_a_replay_after_a_cancellation_was_delivered_sends_nothing_again(
+    play: Callable[[Scenario], Player],
+) -> None:
+    """COMPLETE and, in a later run, CANCELLED were both delivered; a rewind to the beginning
+    re-reads them and must send nothing (not the stale COMPLETE, then CANCELLED once more)."""
+    play(Scenario(StreamSpec(seed=0, stories=(("cancel",),), schedule=(0, 0)),
+                  steps=(("produce", 1), ("run",), ("produce", 1), ("run",),
+                         ("rewind", "earliest"))))  # fmt: skip
+
+
 def test_a_backlog_of_1000_orders_with_repeats_and_later_changes_ends_in_each_last_state(
     stage: Stage, sandbox: SandboxControl
 ) -> None:
@@ -150,7 +185,26 @@ def test_a_backlog_of_1000_orders_with_repeats_and_later_changes_ends_in_each_la
 
 
 # Generated streams ---------------------------------------------------------------------------
-@fast(examples=5)
+# Found by hypothesis on the worker that joined an in-flight send of the same order number
+# (shrunk with MODEL_SHRINK=1): COMPLETE then CANCELLED in one chunk, Custobar kept COMPLETE.
+SWALLOWED_CANCELLATION = Scenario(
+    StreamSpec(seed=0, stories=(("cancel",),), schedule=(0, 0)), steps=(("produce", 2),)
+)
+# Found against a trial fix that queued changed payloads behind the one in flight: an event
+# Invalid for Custobar (state SHIPPED, dead-lettered) between the sends, then CANCELLED and
+# COMPLETE again; the last COMPLETE was joined to the first send and Custobar ended CANCELLED.
+INVALID_BETWEEN_CHANGES = Scenario(
+    StreamSpec(
+        seed=1245,
+        stories=((), (), (), ("bogus_state", "cancel", "complete")),
+        schedule=(3, 3, 3, 3, 0, 1, 2),
+    )
+)
+
+
+@fast(examples=int(os.environ.get("MODEL_EXAMPLES", "8")))
+@example(scenario=SWALLOWED_CANCELLATION)
+@example(scenario=INVALID_BETWEEN_CHANGES)
 @given(scenario=scenarios(max_orders=5, max_later=3, processes=False))
 def test_generated_streams_end_as_the_model_says(
     play: Callable[[Scenario], Player], scenario: Scenario
@@ -164,6 +218,26 @@ def test_generated_streams_end_as_the_model_says(
 @thorough(examples=10 * SCALE)
 @given(scenario=scenarios(max_orders=25, max_later=4, processes=False))
 def test_long_generated_streams_end_as_the_model_says(
+    play: Callable[[Scenario], Player], scenario: Scenario
+) -> None:
+    play(scenario)
+
+
+@fast(examples=int(os.environ.get("MODEL_EXAMPLES", "3")))
+@given(scenario=scenarios(max_orders=4, max_later=2, processes=True))
+def test_generated_streams_survive_kills_and_group_members(
+    play: Callable[[Scenario], Player], scenario: Scenario
+) -> None:
+    """As above, plus a consumer process SIGKILLed mid-run, or two members sharing the group
+    (and a PostgreSQL ledger); re-sends bounded by the open window."""
+    play(scenario)
+
+
+@long_tier
+@pytest.mark.model_long
+@thorough(examples=4 * SCALE)
+@given(scenario=scenarios(max_orders=20, max_later=3, processes=True))
+def test_long_generated_streams_survive_kills_and_group_members(
     play: Callable[[Scenario], Player], scenario: Scenario
 ) -> None:
     play(scenario)

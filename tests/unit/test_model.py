@@ -7,10 +7,12 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consumer.devenv.samples import partition_for, sample_orders
 from tests.model import Destinations, Expected, Record, expect, problems
-from tests.streams import PARTITIONS, StreamSpec, build, consistent, story
+from tests.streams import PARTITIONS, StreamSpec, build, consistent, story, stream_specs
 
 
 def sendable_everywhere(index: int = 0) -> dict[str, Any]:
@@ -184,3 +186,28 @@ def test_a_missing_or_repeated_dead_letter_is_named() -> None:
     assert problems(expected, **{**seen, "dead_letters": twice}) == [
         f"dead letter for custobar {number}: 2x, at most 1"
     ]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(spec=stream_specs(max_orders=5, max_later=4, max_poison=2), data=st.data())
+def test_an_exact_repeat_inserted_anywhere_changes_nothing_a_vendor_holds_or_is_sent(
+    spec: StreamSpec, data: st.DataObject
+) -> None:
+    stream = build(spec)
+    at = data.draw(st.integers(0, len(stream) - 1))
+    doubled = [*stream[: at + 1], stream[at], *stream[at + 1 :]]
+    before, after = expect(stream), expect(doubled)
+    assert after.held == before.held
+    assert after.sends == before.sends
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(spec=stream_specs(max_orders=5, max_later=4, max_poison=2))
+def test_nibble_and_nudgify_are_never_promised_two_of_one_order(
+    spec: StreamSpec,
+) -> None:
+    stream = build(spec)
+    expected = expect(stream)
+    for vendor in ("nibble", "nudgify"):
+        assert all(len(held) == 1 for held in expected.held[vendor].values())
+        assert set(expected.sends[vendor].values()) <= {1}
