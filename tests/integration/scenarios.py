@@ -53,11 +53,12 @@ class Scenario:
     ("members", n)           n consumer processes in one group until idle, then ("run",)
 
     Whatever is left is produced and run at the end. `reject` names (vendor, order index)
-    pairs the vendor refuses throughout."""
+    pairs the vendor refuses throughout; `env` adds CONSUMER_ settings to every run."""
 
     stream: StreamSpec
     steps: tuple[tuple[Any, ...], ...] = ()
     reject: tuple[tuple[str, int], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # service settings on top of SERVICE_ENV
 
     @property
     def needs_shared_ledger(self) -> bool:
@@ -69,7 +70,7 @@ class Player:
         self, stage: Stage, sandbox: SandboxControl, scenario: Scenario, **env: str
     ) -> None:
         self.stage, self.sandbox, self.scenario = stage, sandbox, scenario
-        self.env = {**SERVICE_ENV, **env}
+        self.env = {**SERVICE_ENV, **dict(scenario.env), **env}
         self.records = build(scenario.stream)
         self.produced = self.consumed = 0
         self.kills = 0
