@@ -66,6 +66,8 @@ class Scenario:
 
 
 class Player:
+    """Plays a scenario on a stage and compares the outcome with the model after every run."""
+
     def __init__(
         self, stage: Stage, sandbox: SandboxControl, scenario: Scenario, **env: str
     ) -> None:
@@ -90,9 +92,10 @@ class Player:
         for step in self.scenario.steps:
             self.log.append(repr(step))
             getattr(self, step[0])(*step[1:])
-        self.log.append("(the rest, then run)")
-        self.produce(len(self.records) - self.produced)
-        self.run()
+        if self.consumed < len(self.records):
+            self.log.append("(the rest, then run)")
+            self.produce(len(self.records) - self.produced)
+            self.run()
 
     # steps ---------------------------------------------------------------------------------
     def produce(self, count: int) -> None:
@@ -124,7 +127,9 @@ class Player:
     def kill(self) -> None:
         before = self._accepted()
         self._apply_faults(latency_ms=150)  # so that requests are in flight at the kill
-        self.stage.kill_mid_run(lambda: self._accepted() > before, timeout_s=15, **self.env)
+        work_left = self.consumed < self.produced  # else it is killed idle, after a while
+        self.stage.kill_mid_run(lambda: self._accepted() > before,
+                                timeout_s=15 if work_left else 3, **self.env)  # fmt: skip
         self.kills += 1
         self._apply_faults()
         self.run()
