@@ -39,8 +39,8 @@ unit: $(INSTALLED) ## fast tests, no network
 integration: $(INSTALLED) kafka-jars postgres-server ## real broker, sandbox and PostgreSQL
 	$(BIN)/pytest tests/integration
 
-chaos: $(INSTALLED) kafka-jars postgres-server ## the fault-injection scenarios, 5x the orders
-	CHAOS_SCALE=$${CHAOS_SCALE:-5} $(BIN)/pytest -m chaos tests/integration/chaos
+chaos: $(INSTALLED) kafka-jars postgres-server ## the fault-injection scenarios, 5x the orders, and the model's long tier
+	CHAOS_SCALE=$${CHAOS_SCALE:-5} $(BIN)/pytest -m "chaos or model_long" tests/integration/chaos tests/integration/test_final_state.py
 
 test: $(INSTALLED) kafka-jars postgres-server lint typecheck ## the whole suite (what CI runs)
 	$(BIN)/pytest

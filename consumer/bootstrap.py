@@ -243,7 +243,6 @@ async def build_service(settings: Settings) -> Service:
         source = KafkaSource(settings, settings.destination_group(destination.name))
         lanes.append(Lane(source=source, decoder=decoder, transform=destination.transform,
                           worker=worker, office=office, limits=limits))  # fmt: skip
-    decoder.readers = len(lanes)
     service = Service(settings, ledger, lanes, office, dead_letters, clients, decoder)
     if settings.health_port:
         service.health = HealthServer(service.snapshot, port=settings.health_port)

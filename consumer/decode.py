@@ -70,7 +70,7 @@ class Decoder:
         self._writer = None if writer_schema is None else self._pair(writer_schema)
         self._known: dict[int, tuple[Any, Any]] = {}  # schema id → (writer, reader or None)
         self._shared: OrderedDict[tuple[str, int, int], list[Any]] = OrderedDict()
-        self.readers = 1  # lanes decoding the same records (set by the composition root)
+        self.readers = 0  # lanes decoding the same records (each lane adds itself)
         self._unknown: dict[int, UndecodableError] = {}  # ids the registry does not know
 
     async def decode(self, value: bytes | None) -> Order:
@@ -96,6 +96,9 @@ class Decoder:
     @property
     def registry(self) -> SchemaRegistry | None:
         return self._registry
+
+    def add_reader(self) -> None:
+        self.readers += 1
 
     def decode_shared(self, where: tuple[str, int, int], value: bytes | None) -> Order:
         """`decode_now`, once per record for all lanes of the process: lanes read the same

@@ -169,6 +169,7 @@ class Lane:
         self.worker = worker
         self._source = source
         self._decoder = decoder
+        decoder.add_reader()
         self._transform = transform
         self._office = office
         self._limits = limits

@@ -157,6 +157,30 @@ def register_schema(registry_url: str, subject: str, schema: Path | str = PACKAG
     return int(response.json()["id"])
 
 
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition librdkafka's default partitioner (`consistent_random`: CRC-32 of the key)
+    gives a keyed record, so tests can place records explicitly and still agree with it."""
+    return zlib.crc32(key) % partitions
+
+
+def produce_messages(
+    bootstrap: str, topic: str, messages: Iterable[tuple[int, bytes | None, bytes]]
+) -> int:
+    """Produce (partition, key, value) messages in order; per partition they keep that order
+    (idempotent producer), so a fresh topic's offsets are each partition's positions."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
+                         "enable.idempotence": True})  # fmt: skip
+    count = 0
+    for partition, key, value in messages:
+        producer.produce(topic, key=key, value=value, partition=partition)
+        count += 1
+        if count % 5000 == 0:
+            producer.flush()
+    if producer.flush(30) != 0:
+        raise RuntimeError("not every message was acknowledged by the broker")
+    return count
+
+
 def produce(
     bootstrap: str,
     topic: str,

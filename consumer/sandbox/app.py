@@ -5,6 +5,7 @@
     POST   /_sandbox/reset                       forget records, counters and faults
     GET    /_sandbox/stats                       per vendor: requests, items, duplicates, ...
     GET    /_sandbox/records/{vendor}            accepted orders, one per key per request
+    GET    /_sandbox/state/{vendor}              what the vendor holds per order (`holdings`)
     GET    /_sandbox/request-sizes/{vendor}      items per accepted request
     GET    /_sandbox/faults                      current faults
     PUT    /_sandbox/faults/{vendor}             replace a vendor's faults (JSON object)
@@ -22,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from consumer.sandbox.custobar import CustobarApi
+from consumer.sandbox.holdings import HOLDING_VENDORS, held
 from consumer.sandbox.nibble import NibbleApi
 from consumer.sandbox.nudgify import NudgifyApi
 from consumer.sandbox.registry import RegistryApi
@@ -51,6 +53,14 @@ def build_app(settings: SandboxSettings) -> Starlette:
         if (vendor := vendor_of(request)) is None:
             return _unknown_vendor()
         return JSONResponse(state.book(vendor).records)
+
+    async def holdings(request: Request) -> Response:
+        vendor = request.path_params["vendor"]
+        if vendor not in HOLDING_VENDORS:
+            return JSONResponse(
+                {"error": f"vendor must be one of {', '.join(HOLDING_VENDORS)}"}, 404
+            )
+        return JSONResponse(held(vendor, state.book(vendor).records))
 
     async def request_sizes(request: Request) -> Response:
         if (vendor := vendor_of(request)) is None:
@@ -93,6 +103,7 @@ def build_app(settings: SandboxSettings) -> Starlette:
         Route("/reset", reset, methods=["POST"]),
         Route("/stats", stats),
         Route("/records/{vendor}", records),
+        Route("/state/{vendor}", holdings),
         Route("/request-sizes/{vendor}", request_sizes),
         Route("/faults", faults),
         Route("/faults", clear_faults, methods=["DELETE"]),

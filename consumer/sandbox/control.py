@@ -51,6 +51,12 @@ class SandboxControl:
         result: list[dict[str, Any]] = self._json("GET", f"/records/{vendor}")
         return result
 
+    def state(self, vendor: str) -> dict[str, Any]:
+        """What the vendor holds per order: Custobar's merged sales, Nibble's and Nudgify's
+        accepted payloads per key (see `holdings`)."""
+        result: dict[str, Any] = self._json("GET", f"/state/{vendor}")
+        return result
+
     def request_sizes(self, vendor: str) -> list[int]:
         result: list[int] = self._json("GET", f"/request-sizes/{vendor}")
         return result

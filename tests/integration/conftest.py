@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,17 @@ from confluent_kafka import Consumer, TopicPartition
 
 from consumer import config
 from consumer.devenv.kafka import BrokerSecurity, LocalKafka, create_topic, kafka_cluster
-from consumer.devenv.samples import encode_schemaless, load_schema, produce, sample_orders
+from consumer.devenv.samples import (
+    encode_schemaless,
+    load_schema,
+    produce,
+    produce_messages,
+    sample_orders,
+)
 from consumer.devenv.tls import TlsFiles, make_tls_files
 from consumer.sandbox.control import SandboxControl, run_sandbox_in_thread
 from consumer.sandbox.settings import SandboxSettings
+from tests.model import Record
 
 pytestmark = pytest.mark.integration
 DESTINATIONS = ("nibble", "nudgify", "custobar")
@@ -129,6 +137,69 @@ class Stage:
         produce(self.bootstrap, self.topic, orders,
                 encode=lambda r: encode_schemaless(r, self.schema), extra=extra or [])  # fmt: skip
         return orders
+
+    def produce_records(self, records: Sequence[Record]) -> None:
+        """Model records in order: orders as schemaless Avro, poison as given, each on its own
+        partition with its own key."""
+
+        def value(record: Record) -> bytes:
+            if record.order is None:
+                return record.poison or b""
+            return encode_schemaless(record.order, self.schema)
+
+        produce_messages(
+            self.bootstrap, self.topic, [(r.partition, r.key, value(r)) for r in records]
+        )
+
+    def rewind(self, target: str, **overrides: str) -> str:
+        """`consumer rewind <target>` for the (stopped) consumer, every destination's group: every
+        replay of a test goes through here, so a change in how the service is rewound is made in
+        one place. Returns what the command printed (per destination, what moved)."""
+        result = subprocess.run([sys.executable, "-m", "consumer", "rewind", target], cwd=ROOT,
+                                env=self.process_env(**overrides), capture_output=True,
+                                text=True, timeout=60, check=False)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def dead_letter_keys(self, at_least: int, timeout_s: float = 20) -> list[tuple[str, str]]:
+        """What the dead-letter topic holds, as (destination, order number), or for a record
+        no destination could read ("*", "partition@offset")."""
+        keys = []
+        for letter in self.dead_letters(at_least, timeout_s=timeout_s):
+            headers = {k: v.decode() for k, v in letter.headers() or ()}
+            if headers["dlq.destination"] == "*":
+                where = f"{headers['dlq.original.partition']}@{headers['dlq.original.offset']}"
+                keys.append(("*", where))
+            else:
+                keys.append((headers["dlq.destination"], headers["dlq.order_number"]))
+        return keys
+
+    def kill_mid_run(
+        self, started: Callable[[], bool], *, after_s: float = 0, timeout_s: float = 30,
+        **overrides: str,
+    ) -> None:  # fmt: skip
+        """Start a consumer process, wait until `started()` (say, a vendor accepted something)
+        or `timeout_s`, then `after_s` more, and SIGKILL it."""
+        process = self.spawn(**overrides)
+        try:
+            wait_until(lambda: started() or process.poll() is not None, timeout_s=timeout_s)
+            time.sleep(after_s)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+
+    def run_members(self, count: int, *, idle_exit_s: float = 2, timeout_s: float = 120,
+                    **overrides: str) -> list[int]:  # fmt: skip
+        """`count` consumer processes in the group until each is idle; their exit codes."""
+        members = [self.spawn(idle_exit_s=idle_exit_s, **overrides) for _ in range(count)]
+        try:
+            return [member.wait(timeout=timeout_s) for member in members]
+        finally:
+            for member in members:
+                if member.poll() is None:
+                    member.kill()
+                    member.wait(timeout=30)
 
     def committed(self, destination: str | None = None) -> dict[int, int]:
         """One destination's committed offsets, or (None) what every destination committed:

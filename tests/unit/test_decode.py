@@ -167,7 +167,8 @@ def test_an_amount_beyond_the_schemas_precision_is_an_invalid_order_not_a_rounde
 
 def test_lanes_of_one_process_share_one_decode_per_record(monkeypatch: pytest.MonkeyPatch) -> None:
     decoder = Decoder(reader_schema=load_schema(), writer_schema=load_schema())
-    decoder.readers = 3
+    for _ in range(3):
+        decoder.add_reader()
     value = encode_schemaless(sample_orders(1)[0], load_schema())
     calls: list[bytes | None] = []
     real = decoder.decode_now
