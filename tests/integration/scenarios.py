@@ -109,9 +109,10 @@ class Player:
         self.check()
 
     def rewind(self, target: str) -> None:
-        if target != "earliest" and self.consumed < self.produced:
+        if self.consumed == 0 or (target != "earliest" and self.consumed < self.produced):
             # `offset:N` is the same N on every partition: only a rewind once the group has
-            # consumed everything (before, it could skip records never read).
+            # consumed everything (before, it could skip records never read). And a rewind
+            # needs a ledger, which the first run creates (the CLI never does).
             self.run()
         self.stage.rewind(target, **self.env)
         self.run()

@@ -171,7 +171,8 @@ def test_vendor_5xx_storm_and_timeouts_delay_delivery_until_recovery_and_429s_wa
     sandbox.set_faults("custobar", timeout_rate=1.0, timeout_s=2)
     sandbox.set_faults("nudgify", rate_limit_rate=0.5, retry_after_s=1)  # for the whole run
     orders = stage.produce_orders(scaled(120), seed=4)
-    with running(stage, CONSUMER_HTTP_TIMEOUT_S="1"):
+    # Small Nudgify batches: a dozen requests, so a 50% rate limit is certain to be met.
+    with running(stage, CONSUMER_HTTP_TIMEOUT_S="1", CONSUMER_NUDGIFY_BATCH_SIZE="10"):
         assert wait_until(
             lambda: (
                 sandbox.stats()["nibble"]["failed_requests"] >= 10
