@@ -365,9 +365,29 @@ class Lane:
     def _dead_letter(
         self, ticket: Ticket, letter: DeadLetter, *, key: str, payload_hash: str
     ) -> None:
-        task = asyncio.create_task(self._write_dead_letter(ticket, letter, key, payload_hash))
+        task = asyncio.create_task(self._dead_letter_until_done(ticket, letter, key, payload_hash))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _dead_letter_until_done(
+        self, ticket: Ticket, letter: DeadLetter, key: str, payload_hash: str
+    ) -> None:
+        """The record waits for its dead letter, however long: a bug on this path is logged
+        and retried (the partition shows as stalled meanwhile), never dropped."""
+        attempt = 0
+        while True:
+            try:
+                await self._write_dead_letter(ticket, letter, key, payload_hash)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.internal_errors += 1
+                log.error("dead_letter.internal_error", destination=self.name,
+                          partition=ticket.partition, offset=ticket.offset,
+                          error_type=type(exc).__name__, error=str(exc)[:500])  # fmt: skip
+                await asyncio.sleep(min(0.5 * 2**attempt, 30.0))
+                attempt += 1
 
     async def _write_dead_letter(
         self, ticket: Ticket, letter: DeadLetter, key: str, payload_hash: str

@@ -107,11 +107,17 @@ class MemorySource:
 
 
 class MemoryDeadLetters:
-    def __init__(self, failures: int = 0) -> None:
+    """`failures`: the topic is unavailable that many times; `bugs`: an unexpected error."""
+
+    def __init__(self, failures: int = 0, bugs: int = 0) -> None:
         self.letters: list[tuple[RawRecord, DeadLetter]] = []
         self.failures = failures
+        self.bugs = bugs
 
     async def send(self, record: RawRecord, letter: DeadLetter) -> None:
+        if self.bugs:
+            self.bugs -= 1
+            raise RuntimeError("a bug on the dead-letter path")
         if self.failures:
             self.failures -= 1
             raise DeadLetterError("topic unavailable")

@@ -90,6 +90,16 @@ def test_the_offset_waits_until_the_dead_letter_is_acknowledged(ledger) -> None:
     assert len(sink.letters) == 1
 
 
+def test_a_bug_on_the_dead_letter_path_delays_the_record_but_never_drops_it(ledger) -> None:  # type: ignore[no-untyped-def]
+    topic = MemoryTopic(partitions=1)
+    topic.append(0, None, b"\x01")
+    sink = MemoryDeadLetters(bugs=2)
+    deployment = Deployment(topic, [Vendor("a")], ledger, sink=sink)
+    asyncio.run(deployment.run(until=lambda: deployment.committed("a") == {0: 1}))
+    assert len(sink.letters) == 1
+    assert deployment.lanes[0].snapshot()["internal_errors"] == 2
+
+
 def test_one_destination_down_never_holds_back_the_others(ledger) -> None:  # type: ignore[no-untyped-def]
     """The window is 20 records; 300 are produced: the healthy vendors get all of them."""
     topic, orders = topic_with(300)
