@@ -210,10 +210,22 @@ class Stage:
         return {p: min(c[p] for c in per_destination) for p in range(self.partitions)}
 
     def group_committed(self, group: str) -> dict[int, int]:
+        """A consumer group's committed offset per partition (-1001: none)."""
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
         try:
             parts = [TopicPartition(self.topic, p) for p in range(self.partitions)]
             return {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
+        finally:
+            consumer.close()
+
+    def commit_group(self, group: str, offsets: dict[int, int]) -> None:
+        """Commit for a group as one of its (stopped) consumers would have."""
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
+        try:
+            consumer.commit(
+                offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()],
+                asynchronous=False,
+            )
         finally:
             consumer.close()
 

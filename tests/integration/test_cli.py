@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from consumer.ledger.sqlite import SqliteLedger
 from consumer.sandbox.control import SandboxControl
@@ -27,26 +27,6 @@ def consumer_cli(stage: Stage, *args: str, **env: str) -> subprocess.CompletedPr
 
 
 DESTINATIONS = ("nibble", "nudgify", "custobar")
-
-
-def group_offsets(stage: Stage, group: str) -> dict[int, int]:
-    """The group's committed offset per partition (-1001: none)."""
-    consumer = Consumer({"bootstrap.servers": stage.bootstrap, "group.id": group})
-    try:
-        parts = [TopicPartition(stage.topic, p) for p in range(stage.partitions)]
-        return {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
-    finally:
-        consumer.close()
-
-
-def commit_offsets(stage: Stage, group: str, offsets: dict[int, int]) -> None:
-    """What a consumer of that group would have committed."""
-    consumer = Consumer({"bootstrap.servers": stage.bootstrap, "group.id": group})
-    try:
-        consumer.commit(offsets=[TopicPartition(stage.topic, p, o) for p, o in offsets.items()],
-                        asynchronous=False)  # fmt: skip
-    finally:
-        consumer.close()
 
 
 def empty_ledger(stage: Stage) -> None:
@@ -94,7 +74,7 @@ def test_rewind_moves_every_destination_group_says_what_moved_and_replays_withou
     }
     assert '"open_window": 0' in rewound.stdout
     for name in DESTINATIONS:
-        assert group_offsets(stage, f"{stage.group}-{name}") == dict.fromkeys(end, 0)
+        assert stage.group_committed(f"{stage.group}-{name}") == dict.fromkeys(end, 0)
     replay = stage.run_in_process()  # the replay: the ledger skips what was delivered
     assert {vendor: sandbox.stats()[vendor]["requests"] for vendor in DESTINATIONS} == requests
     assert replay["nibble"]["duplicate"] == len(expected_keys(orders)["nibble"])
@@ -107,15 +87,15 @@ def test_rewind_of_chosen_destinations_and_partitions_leaves_the_others_alone(
     empty_ledger(stage)
     end = stage.end_offsets()
     for name in DESTINATIONS:
-        commit_offsets(stage, f"{stage.group}-{name}", end)
+        stage.commit_group(f"{stage.group}-{name}", end)
     rewound = consumer_cli(stage, "rewind", "offset:2", "--destination", "nibble",
                            "--destination", "custobar", "--partition", "1")  # fmt: skip
     assert rewound.returncode == 0, rewound.stderr
     assert moves(rewound.stdout) == {"nibble": {1: (str(end[1]), 2)},
                                      "custobar": {1: (str(end[1]), 2)}}  # fmt: skip
-    assert group_offsets(stage, f"{stage.group}-nibble") == {**end, 1: 2}
-    assert group_offsets(stage, f"{stage.group}-nudgify") == end
-    assert group_offsets(stage, f"{stage.group}-custobar") == {**end, 1: 2}
+    assert stage.group_committed(f"{stage.group}-nibble") == {**end, 1: 2}
+    assert stage.group_committed(f"{stage.group}-nudgify") == end
+    assert stage.group_committed(f"{stage.group}-custobar") == {**end, 1: 2}
 
 
 def test_rewind_of_a_group_that_never_committed_says_none(stage: Stage) -> None:
@@ -142,7 +122,7 @@ def test_rewind_of_a_partition_the_topic_does_not_have_is_refused(
     assert message in rewound.stderr
     assert "Traceback" not in rewound.stderr
     for name in DESTINATIONS:
-        assert set(group_offsets(stage, f"{stage.group}-{name}").values()) == {-1001}
+        assert set(stage.group_committed(f"{stage.group}-{name}").values()) == {-1001}
 
 
 def test_rewind_while_a_group_has_live_members_says_stop_the_group_first(stage: Stage) -> None:
@@ -150,7 +130,7 @@ def test_rewind_while_a_group_has_live_members_says_stop_the_group_first(stage: 
     empty_ledger(stage)
     end = stage.end_offsets()
     for name in DESTINATIONS:
-        commit_offsets(stage, f"{stage.group}-{name}", end)
+        stage.commit_group(f"{stage.group}-{name}", end)
     live = Consumer({"bootstrap.servers": stage.bootstrap, "group.id": f"{stage.group}-nudgify",
                      "partition.assignment.strategy": "cooperative-sticky",
                      "enable.auto.commit": False})  # fmt: skip
@@ -164,7 +144,7 @@ def test_rewind_while_a_group_has_live_members_says_stop_the_group_first(stage: 
     assert f"{stage.group}-nudgify has 1 live member(s)" in rewound.stderr
     assert "Stop the group first" in rewound.stderr
     for name in DESTINATIONS:  # nothing was committed, not even for the stopped groups
-        assert group_offsets(stage, f"{stage.group}-{name}") == end
+        assert stage.group_committed(f"{stage.group}-{name}") == end
 
 
 def test_bad_settings_stop_the_service_at_start_naming_every_problem(stage: Stage) -> None:

@@ -5,7 +5,6 @@ everything nor skips anything."""
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from consumer.decode import to_order
 from consumer.sandbox.control import SandboxControl
@@ -15,21 +14,12 @@ from tests.integration.expectations import expected_keys
 pytestmark = pytest.mark.integration
 
 
-def commit(stage: Stage, group: str, offsets: dict[int, int]) -> None:
-    consumer = Consumer({"bootstrap.servers": stage.bootstrap, "group.id": group})
-    try:
-        consumer.commit(offsets=[TopicPartition(stage.topic, p, o) for p, o in offsets.items()],
-                        asynchronous=False)  # fmt: skip
-    finally:
-        consumer.close()
-
-
 def test_an_upgrade_starts_every_destination_where_the_shared_group_stopped(
     stage: Stage, sandbox: SandboxControl
 ) -> None:
     before = stage.produce_orders(60, seed=41, prefix="OLD")
     old_ends = stage.end_offsets()
-    commit(stage, stage.group, old_ends)  # what the previous version had committed
+    stage.commit_group(stage.group, old_ends)  # what the previous version had committed
     after = stage.produce_orders(45, seed=42, prefix="NEW")
     stage.run_in_process()
     expected = expected_keys(after)
@@ -46,8 +36,8 @@ def test_a_destination_group_that_has_offsets_is_left_where_it_is(
 ) -> None:
     orders = stage.produce_orders(30, seed=43)
     ends = stage.end_offsets()
-    commit(stage, stage.group, dict.fromkeys(ends, 0))  # the old group: nothing consumed
-    commit(stage, f"{stage.group}-nibble", ends)  # Nibble's group already ran to the end
+    stage.commit_group(stage.group, dict.fromkeys(ends, 0))  # the old group: nothing consumed
+    stage.commit_group(f"{stage.group}-nibble", ends)  # Nibble's group already ran to the end
     stage.run_in_process()
     assert sandbox.records("nibble") == []
     expected = expected_keys(orders)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from consumer.devenv.kafka import LocalKafka
 from consumer.devenv.samples import encode_schemaless, produce, sample_orders
@@ -136,15 +135,6 @@ def requests_made(sandbox: SandboxControl) -> dict[str, int]:
 
 def caught_up(stage: Stage) -> bool:
     return stage.committed() == stage.end_offsets()
-
-
-def committed_for(stage: Stage, group: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": stage.bootstrap, "group.id": group})
-    try:
-        parts = [TopicPartition(stage.topic, p) for p in range(stage.partitions)]
-        return {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
-    finally:
-        consumer.close()
 
 
 def all_delivered(sandbox: SandboxControl, orders: list[dict[str, Any]]) -> bool:
@@ -287,7 +277,7 @@ def test_replaying_the_whole_topic_after_delivery_sends_no_request(
     assert replay.process.wait(timeout=60) == 0
     assert requests_made(sandbox) == before, "a replay sent requests to a vendor"
     for vendor in VENDORS:
-        assert committed_for(stage, f"{replay_group}-{vendor}") == stage.end_offsets()
+        assert stage.group_committed(f"{replay_group}-{vendor}") == stage.end_offsets()
     summary = replay.named("consumer.summary")[-1]["outcomes"]
     assert summary["nibble"].get("delivered", 0) == 0
     assert summary["nibble"]["duplicate"] == len(expected_keys(orders)["nibble"])
