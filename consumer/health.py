@@ -24,6 +24,26 @@ Snapshot = Callable[[], Awaitable[dict[str, Any]]]
 PREFIX = "order_consumer_"
 
 
+# Gauges and counters with one sample per destination: (name, kind, help, value of a lane).
+PER_DESTINATION: tuple[tuple[str, str, str, Callable[[dict[str, Any]], object]], ...] = (
+    ("in_flight", "gauge", "Records fetched and not settled.", lambda d: d["in_flight"]),
+    ("in_flight_bytes", "gauge", "Bytes of the records in flight.",
+     lambda d: d["in_flight_bytes"]),
+    ("destination_paused", "gauge", "1 while the destination is paused (credentials, "
+     "configuration or the dead-letter brake).", lambda d: int(d["state"] == "paused")),
+    ("dead_letter_brake", "gauge", "1 while the dead-letter brake holds the destination.",
+     lambda d: int(d["brake"]["tripped"])),
+    ("stalled_partitions", "gauge", "Partitions whose oldest record has held the offset "
+     "longer than CONSUMER_STALLED_RECORD_S.", lambda d: len(d["stalled_partitions"])),
+    ("oldest_record_seconds", "gauge", "Age of the oldest unfinished record.",
+     lambda d: d["oldest_record_s"]),
+    ("internal_errors_total", "counter", "Unexpected errors while handling records.",
+     lambda d: d["internal_errors"]),
+    ("kafka_healthy", "gauge", "1 when the destination's consumer is in its group and "
+     "connected.", lambda d: int(d["kafka_healthy"])),
+)  # fmt: skip
+
+
 def render_metrics(snapshot: dict[str, Any]) -> str:
     lines: list[str] = []
 
@@ -33,97 +53,35 @@ def render_metrics(snapshot: dict[str, Any]) -> str:
         lines.extend(f"{PREFIX}{name}{labels} {value}" for labels, value in samples)
 
     lanes: dict[str, dict[str, Any]] = snapshot["destinations"]
-
-    def per_lane(key: Callable[[dict[str, Any]], object]) -> list[tuple[str, object]]:
-        return [(f'{{destination="{d}"}}', key(lane)) for d, lane in lanes.items()]
-
-    metric(
-        "outcomes_total",
-        "counter",
-        "Records settled, by destination and outcome.",
-        [
-            (f'{{destination="{d}",outcome="{o}"}}', n)
-            for d, lane in lanes.items()
-            for o, n in sorted(lane["outcomes"].items())
-        ]
-        + [(f'{{destination="*",outcome="{o}"}}', n) for o, n in snapshot["records"].items()],
-    )
-    metric(
-        "in_flight",
-        "gauge",
-        "Records fetched and not settled.",
-        per_lane(lambda lane: lane["in_flight"]),
-    )
-    metric(
-        "in_flight_bytes",
-        "gauge",
-        "Bytes of the records in flight.",
-        per_lane(lambda lane: lane["in_flight_bytes"]),
-    )
-    metric(
-        "lag",
-        "gauge",
-        "Records behind the end of the partition.",
-        [
-            (f'{{destination="{d}",partition="{p}"}}', n)
-            for d, lane in lanes.items()
-            for p, n in sorted(lane["lag"].items())
-        ],
-    )
-    metric(
-        "destination_paused",
-        "gauge",
-        "1 while the destination is paused (credentials, configuration or the dead-letter brake).",
-        per_lane(lambda lane: int(lane["state"] == "paused")),
-    )
-    metric(
-        "dead_letter_brake",
-        "gauge",
-        "1 while the dead-letter brake holds the destination.",
-        per_lane(lambda lane: int(lane["brake"]["tripped"])),
-    )
-    metric(
-        "stalled_partitions",
-        "gauge",
-        "Partitions whose oldest record has held the offset longer than CONSUMER_STALLED_RECORD_S.",
-        per_lane(lambda lane: len(lane["stalled_partitions"])),
-    )
-    metric(
-        "oldest_record_seconds",
-        "gauge",
-        "Age of the oldest unfinished record.",
-        per_lane(lambda lane: lane["oldest_record_s"]),
-    )
-    metric(
-        "internal_errors_total",
-        "counter",
-        "Unexpected errors while handling records.",
-        per_lane(lambda lane: lane["internal_errors"]),
-    )
-    metric(
-        "kafka_healthy",
-        "gauge",
-        "1 when the destination's consumer is in its group and connected.",
-        per_lane(lambda lane: int(lane["kafka_healthy"])),
-    )
-    ledger: dict[str, dict[str, int]] = snapshot["ledger"]
-    metric(
-        "ledger_rows",
-        "gauge",
-        "Ledger figures by destination.",
-        [
-            (f'{{destination="{d}",figure="{k}"}}', v)
-            for d, figures in ledger.items()
-            for k, v in figures.items()
-        ],
-    )
-    metric(
-        "open_window",
-        "gauge",
-        "Claims taken over after a crash: possibly sent twice.",
-        [("", snapshot["open_window"])],
-    )
-    return "\n".join(lines) + "\n"  # fmt: skip
+    outcomes = [
+        (f'{{destination="{d}",outcome="{o}"}}', n)
+        for d, lane in lanes.items()
+        for o, n in sorted(lane["outcomes"].items())
+    ]
+    outcomes += [(f'{{destination="*",outcome="{o}"}}', n) for o, n in snapshot["records"].items()]
+    metric("outcomes_total", "counter", "Records settled, by destination and outcome.", outcomes)
+    for name, kind, help_text, value in PER_DESTINATION:
+        samples = [(f'{{destination="{d}"}}', value(lane)) for d, lane in lanes.items()]
+        metric(name, kind, help_text, samples)
+    lag = [
+        (f'{{destination="{d}",partition="{p}"}}', n)
+        for d, lane in lanes.items()
+        for p, n in sorted(lane["lag"].items())
+    ]
+    metric("lag", "gauge", "Records behind the end of the partition.", lag)
+    registry = snapshot.get("schema_registry") or {"state": "ok"}
+    metric("schema_registry_paused", "gauge", "1 while the schema registry refuses the "
+           "credentials or the settings (records wait, none is dead-lettered).",
+           [("", int(registry["state"] == "paused"))])  # fmt: skip
+    rows = [
+        (f'{{destination="{d}",figure="{k}"}}', v)
+        for d, figures in snapshot["ledger"].items()
+        for k, v in figures.items()
+    ]
+    metric("ledger_rows", "gauge", "Ledger figures by destination.", rows)
+    metric("open_window", "gauge", "Claims taken over after a crash: possibly sent twice.",
+           [("", snapshot["open_window"])])  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 class HealthServer:
