@@ -1,0 +1,202 @@
+"""`python -m consumer.devenv.bench` (`make bench`): measure the service against its own CPU
+ceiling, a raw Kafka drain and a naive consumer, in interleaved rounds on this machine; print the
+table and the ratios, write `bench-results/<timestamp>.json` and a PNG plot. See the README's
+"Benchmark" section for how to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from consumer.devenv.bench import report
+from consumer.devenv.bench.charts import plot
+from consumer.devenv.bench.rounds import RUNS, Bench, Options, service_settings, staged
+from consumer.devenv.bench.stage import COMMIT_INTERVAL_MS, ROOT, progress, scratch_dir
+
+SINK_HEADROOM = 3.0  # the sink must take at least this many times the busiest second's requests
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
+    d = Options()
+    p = argparse.ArgumentParser(prog="python -m consumer.devenv.bench", description=__doc__)
+    p.add_argument("--orders", type=int, default=d.orders, help="orders preloaded (A, B, D)")
+    p.add_argument("--partitions", type=int, default=d.partitions)
+    p.add_argument("--rounds", type=int, default=d.rounds)
+    p.add_argument("--latency-ms", type=float, default=d.latency_ms,
+                   help="the vendor latency of C, D<L> and the paced run")  # fmt: skip
+    p.add_argument("--naive-seconds", type=float, default=d.naive_seconds, help="C's time box")
+    p.add_argument("--paced-seconds", type=float, default=d.paced_seconds)
+    p.add_argument("--sweep-orders", type=int, default=d.sweep_orders)
+    p.add_argument("--in-flight", type=_ints, default=d.in_flight, help="e.g. 100,500,2000")
+    p.add_argument("--latencies", type=_floats, default=d.latencies, help="e.g. 0,5,20,50")
+    p.add_argument("--baseline", default=None, help="a git ref to measure B and D0/D<L> of too")
+    p.add_argument("--runs", default=",".join(RUNS), help=f"a subset of {','.join(RUNS)}")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "bench-results")
+    p.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to the JSON)")
+    args = p.parse_args(argv)
+    runs = tuple(r for r in args.runs.split(",") if r)
+    unknown = set(runs) - set(RUNS)
+    if unknown:
+        p.error(f"unknown runs {sorted(unknown)}; choose from {','.join(RUNS)}")
+    options = Options(orders=args.orders, partitions=args.partitions, rounds=args.rounds,
+                      latency_ms=args.latency_ms, naive_seconds=args.naive_seconds,
+                      paced_seconds=args.paced_seconds, sweep_orders=args.sweep_orders,
+                      in_flight=args.in_flight, latencies=args.latencies,
+                      baseline=args.baseline, runs=runs)  # fmt: skip
+    return options, args
+
+
+def _terminate(_signum: int, _frame: Any) -> NoReturn:
+    raise KeyboardInterrupt  # the same clean-up as Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    options, args = parse(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.time()
+    load_before = os.getloadavg()
+    settings = service_settings()
+    lat = options.latency_ms
+    batches = {"nibble": settings.nibble.batch_size, "nudgify": settings.nudgify.batch_size,
+               "custobar": settings.custobar.batch_size}  # fmt: skip
+    smallest = min(batches, key=lambda v: batches[v])
+    concurrency = settings.delivery.concurrent_requests
+    try:
+        with contextlib.ExitStack() as stack:
+            scratch = stack.enter_context(scratch_dir())
+            stage = stack.enter_context(staged(options, stack, scratch))
+            bench = Bench(options, stage)
+            capacity = bench.sink_capacity()
+            bench.run()
+            trees = [{"label": t.label, "commit": t.commit} for t in stage.trees]
+    except KeyboardInterrupt:
+        progress("interrupted: every process stopped, temporary files removed")
+        return 130
+    for rnd in bench.rounds:
+        rnd["ratios"] = report.round_ratios(
+            rnd, latency_ms=lat, linger_ms=settings.delivery.linger_ms,
+            concurrency=concurrency, batch=batches[smallest],
+        )  # fmt: skip
+    metrics = _metrics(bench.rounds)
+    summary = report.summarise(bench.rounds, metrics)
+    ratios = report.summarise_ratios(bench.rounds)
+    variation = report.variation_pct(summary, [n for n, _ in metrics if n.startswith("D")])
+    needed = max((r["peak_requests_per_s"] for rnd in bench.rounds for r in rnd["D"].values()
+                  if r), default=0.0)  # fmt: skip
+    sink_ok = capacity["requests_per_s"] >= SINK_HEADROOM * needed
+    results = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": time.time() - started,
+        "machine": {"cpus": os.cpu_count(), "load_before": load_before,
+                    "load_after": os.getloadavg(), "python": platform.python_version()},
+        "options": {**vars(options), "runs": list(options.runs)},
+        "trees": trees,
+        "settings": {"commit_interval_ms": COMMIT_INTERVAL_MS, "batches": batches,
+                     "smallest_batch": smallest, "concurrency": concurrency,
+                     "linger_ms": settings.delivery.linger_ms,
+                     "max_in_flight": settings.max_in_flight},
+        "sink": {**capacity, "needed_requests_per_s": needed, "headroom_ok": sink_ok},
+        "rounds": bench.rounds,
+        "summary": summary,
+        "ratios": ratios,
+        "variation_pct": variation,
+        "sweep": bench.sweep,
+        "failures": bench.failures,
+    }  # fmt: skip
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"{stamp}.json"
+    out.write_text(json.dumps(results, indent=1, default=str))
+    png = args.plot or args.out_dir / f"{stamp}.png"
+    if bench.sweep.get("in_flight") or bench.sweep.get("latency"):
+        b = summary.get("B orders/s", {}).get("median")
+        plot(png, bench.sweep, ceiling=b, concurrency=concurrency, batch=batches[smallest],
+             latency_ms=lat, title=f"order-consumer {trees[0]['commit']}, "
+             f"{options.sweep_orders:,} orders, {os.cpu_count()} cores (shared)")  # fmt: skip
+    print(_render(results, lat, smallest))
+    print(f"\nresults: {out}" + (f"\nplot:    {png}" if png.exists() else ""))
+    return 1 if bench.failures or not sink_ok else 0
+
+
+def _metrics(rounds: list[dict[str, Any]]) -> list[tuple[str, tuple[str, ...]]]:
+    metrics: list[tuple[str, tuple[str, ...]]] = [
+        ("A records/s", ("A", "records_per_s")),
+        ("B orders/s", ("B", "orders_per_s")),
+        ("B CPU-µs/order", ("B", "cpu_us_per_order")),
+        ("old B orders/s", ("B_old", "orders_per_s")),
+        ("old B CPU-µs/order", ("B_old", "cpu_us_per_order")),
+        ("C orders/s", ("C", "orders_per_s")),
+    ]
+    labels: dict[tuple[str, str], None] = {}
+    for rnd in rounds:
+        labels.update(dict.fromkeys(("D", label) for label in rnd["D"]))
+        labels.update(dict.fromkeys(("D_old", label) for label in rnd["D_old"]))
+    for group, label in labels:
+        name = label if group == "D" else f"old {label}"
+        metrics += [
+            (f"{name} orders/s", (group, label, "orders_per_s")),
+            (f"{name} CPU-µs/order", (group, label, "cpu_us_per_order")),
+            (f"{name} peak RSS MB", (group, label, "peak_rss_mb")),
+            (f"{name} start-up s", (group, label, "startup_s")),
+        ]
+    for q in ("p50", "p95", "p99"):
+        metrics.append((f"paced latency {q} ms", ("paced", "latency_ms", q)))
+    metrics.append(("paced rate orders/s", ("paced", "orders_per_s")))
+    return metrics
+
+
+def _render(results: dict[str, Any], lat: float, smallest: str) -> str:
+    s = results["settings"]
+    rounds = len(results["rounds"])
+    trees = ", ".join(f"{t['label']}={t['commit']}" for t in results["trees"])
+    lines = [
+        "",
+        f"order-consumer benchmark · {trees}"
+        f" · {results['machine']['cpus']} cores, load {results['machine']['load_before'][0]:.1f}"
+        f" at start · {results['duration_s'] / 60:.1f} min",
+        "",
+        report.table(f"Measurements (median, min, max over {rounds} rounds)", results["summary"]),
+        "",
+        report.table("Ratios (computed within each round)", results["ratios"],
+                     targets=report.TARGETS),
+        "",
+        f"D{lat:g} bound: min(concurrency {s['concurrency']} x batch {s['batches'][smallest]}"
+        f" ({smallest}, the smallest) / {lat:g} ms, B). Paced run at 50% of D{lat:g} sqlite x1;"
+        f" p99 target = linger {s['linger_ms']} + 3 x {lat:g} + 50 ms.",
+        f"Figures vary ±{results['variation_pct']:.0f}% between rounds (largest half-range of the"
+        " D figures).",
+        f"Sink: {results['sink']['requests_per_s']:,.0f} requests/s under load "
+        f"({results['sink']['orders_per_s']:,.0f} orders/s in batches of 50); the busiest second "
+        f"of any D run needed {results['sink']['needed_requests_per_s']:,.0f} requests/s: "
+        + ("ok" if results["sink"]["headroom_ok"] else "NOT ENOUGH HEADROOM"),
+    ]  # fmt: skip
+    for key in ("in_flight", "latency"):
+        points = results["sweep"].get(key) or []
+        if points:
+            what = "MAX_IN_FLIGHT" if key == "in_flight" else "latency ms"
+            lines.append(f"Sweep {what}: " + ", ".join(
+                f"{p['value']:g} → {p['orders_per_s']:,.0f}/s" for p in points))  # fmt: skip
+    for failure in results["failures"]:
+        lines.append(f"FAILED: {failure}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
