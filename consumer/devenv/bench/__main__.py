@@ -48,6 +48,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--latencies", type=_floats, default=d.latencies, help="e.g. 0,5,20,50")
     p.add_argument("--baseline", default=None, help="a git ref to measure B and D0/D<L> of too")
     p.add_argument("--runs", default=",".join(RUNS), help=f"a subset of {','.join(RUNS)}")
+    p.add_argument("--sink-seconds", type=float, default=3.0, help="the sink's own load test")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench-results")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to the JSON)")
     args = p.parse_args(argv)
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             scratch = stack.enter_context(scratch_dir())
             stage = stack.enter_context(staged(options, stack, scratch))
             bench = Bench(options, stage)
-            capacity = bench.sink_capacity()
+            capacity = bench.sink_capacity(args.sink_seconds)
             bench.run()
             trees = [{"label": t.label, "commit": t.commit} for t in stage.trees]
     except KeyboardInterrupt:
@@ -94,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             rnd, latency_ms=lat, linger_ms=settings.delivery.linger_ms,
             concurrency=concurrency, batch=batches[smallest],
         )  # fmt: skip
-    metrics = _metrics(bench.rounds)
+    metrics = report.metrics(bench.rounds)
     summary = report.summarise(bench.rounds, metrics)
     ratios = report.summarise_ratios(bench.rounds)
-    variation = report.variation_pct(summary, [n for n, _ in metrics if n.startswith("D")])
+    rates = [name for name, _ in metrics if name.startswith("D") and name.endswith("orders/s")]
+    variation = report.variation_pct(summary, rates)
     needed = max((r["peak_requests_per_s"] for rnd in bench.rounds for r in rnd["D"].values()
                   if r), default=0.0)  # fmt: skip
     sink_ok = capacity["requests_per_s"] >= SINK_HEADROOM * needed
@@ -126,76 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=1, default=str))
     png = args.plot or args.out_dir / f"{stamp}.png"
     if bench.sweep.get("in_flight") or bench.sweep.get("latency"):
-        b = summary.get("B orders/s", {}).get("median")
+        b = summary.get("B CPU ceiling orders/s", {}).get("median")
         plot(png, bench.sweep, ceiling=b, concurrency=concurrency, batch=batches[smallest],
              latency_ms=lat, title=f"order-consumer {trees[0]['commit']}, "
              f"{options.sweep_orders:,} orders, {os.cpu_count()} cores (shared)")  # fmt: skip
-    print(_render(results, lat, smallest))
+    print(report.render(results))
     print(f"\nresults: {out}" + (f"\nplot:    {png}" if png.exists() else ""))
     return 1 if bench.failures or not sink_ok else 0
-
-
-def _metrics(rounds: list[dict[str, Any]]) -> list[tuple[str, tuple[str, ...]]]:
-    metrics: list[tuple[str, tuple[str, ...]]] = [
-        ("A records/s", ("A", "records_per_s")),
-        ("B orders/s", ("B", "orders_per_s")),
-        ("B CPU-µs/order", ("B", "cpu_us_per_order")),
-        ("old B orders/s", ("B_old", "orders_per_s")),
-        ("old B CPU-µs/order", ("B_old", "cpu_us_per_order")),
-        ("C orders/s", ("C", "orders_per_s")),
-    ]
-    labels: dict[tuple[str, str], None] = {}
-    for rnd in rounds:
-        labels.update(dict.fromkeys(("D", label) for label in rnd["D"]))
-        labels.update(dict.fromkeys(("D_old", label) for label in rnd["D_old"]))
-    for group, label in labels:
-        name = label if group == "D" else f"old {label}"
-        metrics += [
-            (f"{name} orders/s", (group, label, "orders_per_s")),
-            (f"{name} CPU-µs/order", (group, label, "cpu_us_per_order")),
-            (f"{name} peak RSS MB", (group, label, "peak_rss_mb")),
-            (f"{name} start-up s", (group, label, "startup_s")),
-        ]
-    for q in ("p50", "p95", "p99"):
-        metrics.append((f"paced latency {q} ms", ("paced", "latency_ms", q)))
-    metrics.append(("paced rate orders/s", ("paced", "orders_per_s")))
-    return metrics
-
-
-def _render(results: dict[str, Any], lat: float, smallest: str) -> str:
-    s = results["settings"]
-    rounds = len(results["rounds"])
-    trees = ", ".join(f"{t['label']}={t['commit']}" for t in results["trees"])
-    lines = [
-        "",
-        f"order-consumer benchmark · {trees}"
-        f" · {results['machine']['cpus']} cores, load {results['machine']['load_before'][0]:.1f}"
-        f" at start · {results['duration_s'] / 60:.1f} min",
-        "",
-        report.table(f"Measurements (median, min, max over {rounds} rounds)", results["summary"]),
-        "",
-        report.table("Ratios (computed within each round)", results["ratios"],
-                     targets=report.TARGETS),
-        "",
-        f"D{lat:g} bound: min(concurrency {s['concurrency']} x batch {s['batches'][smallest]}"
-        f" ({smallest}, the smallest) / {lat:g} ms, B). Paced run at 50% of D{lat:g} sqlite x1;"
-        f" p99 target = linger {s['linger_ms']} + 3 x {lat:g} + 50 ms.",
-        f"Figures vary ±{results['variation_pct']:.0f}% between rounds (largest half-range of the"
-        " D figures).",
-        f"Sink: {results['sink']['requests_per_s']:,.0f} requests/s under load "
-        f"({results['sink']['orders_per_s']:,.0f} orders/s in batches of 50); the busiest second "
-        f"of any D run needed {results['sink']['needed_requests_per_s']:,.0f} requests/s: "
-        + ("ok" if results["sink"]["headroom_ok"] else "NOT ENOUGH HEADROOM"),
-    ]  # fmt: skip
-    for key in ("in_flight", "latency"):
-        points = results["sweep"].get(key) or []
-        if points:
-            what = "MAX_IN_FLIGHT" if key == "in_flight" else "latency ms"
-            lines.append(f"Sweep {what}: " + ", ".join(
-                f"{p['value']:g} → {p['orders_per_s']:,.0f}/s" for p in points))  # fmt: skip
-    for failure in results["failures"]:
-        lines.append(f"FAILED: {failure}")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,39 @@ def variation_pct(summary: Mapping[str, Mapping[str, float]], names: Iterable[st
     return max(spreads, default=0.0)
 
 
+ROWS = (
+    ("A raw drain", "A", ("records/s",)),
+    ("B CPU ceiling", "B", ("orders/s", "CPU-µs/order")),
+    ("old B CPU ceiling", "B_old", ("orders/s", "CPU-µs/order")),
+    ("C naive consumer", "C", ("orders/s",)),
+)
+D_METRICS = {
+    "orders/s": "orders_per_s",
+    "CPU-µs/order": "cpu_us_per_order",
+    "peak RSS MB": "peak_rss_mb",
+    "start-up s": "startup_s",
+    "busy cores": "service_cores",
+}
+FIELDS = {"records/s": "records_per_s", **D_METRICS}
+
+
+def metrics(rounds: Sequence[Round]) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, path into a round) of every figure summarised: '<run> <metric>'."""
+    found: list[tuple[str, tuple[str, ...]]] = []
+    for row, key, names in ROWS:
+        found += [(f"{row} {name}", (key, FIELDS[name])) for name in names]
+    labels: dict[tuple[str, str], None] = {}
+    for rnd in rounds:
+        labels.update(dict.fromkeys(("D", label) for label in rnd.get("D", {})))
+        labels.update(dict.fromkeys(("D_old", label) for label in rnd.get("D_old", {})))
+    for group, label in labels:
+        row = label if group == "D" else f"old {label}"
+        found += [(f"{row} {name}", (group, label, field)) for name, field in D_METRICS.items()]
+    found += [(f"paced {q} ms", ("paced", "latency_ms", q)) for q in ("p50", "p95", "p99")]
+    found += [(f"paced {name}", ("paced", field)) for name, field in D_METRICS.items()]
+    return found
+
+
 def _fmt(value: float) -> str:
     if value >= 1000:
         return f"{value:,.0f}"
@@ -118,17 +151,98 @@ def _fmt(value: float) -> str:
     return f"{value:.2f}"
 
 
-def table(title: str, summary: Mapping[str, Mapping[str, float]],
-          units: Mapping[str, str] | None = None,
-          targets: Mapping[str, float] | None = None) -> str:  # fmt: skip
-    units, targets = units or {}, targets or {}
-    width = max((len(name) for name in summary), default=10) + 2
-    lines = [title, f"{'':{width}}{'median':>10}{'min':>10}{'max':>10}  unit / target"]
-    for name, s in summary.items():
-        note = units.get(name, "")
-        if name in targets:
-            verdict = "ok" if s["median"] <= targets[name] else "OVER"
-            note = f"<= {targets[name]:g} ({verdict})"
-        lines.append(f"{name:{width}}{_fmt(s['median']):>10}{_fmt(s['min']):>10}"
-                     f"{_fmt(s['max']):>10}  {note}")  # fmt: skip
+def _cell(s: Mapping[str, float] | None, *, spread: bool) -> str:
+    if s is None:
+        return ""
+    if not spread or s["rounds"] < 2:
+        return _fmt(s["median"])
+    return f"{_fmt(s['median'])} [{_fmt(s['min'])}-{_fmt(s['max'])}]"
+
+
+def measurements(summary: Mapping[str, Mapping[str, float]]) -> str:
+    """One row per run: median [min-max] of its rate and CPU cost, medians of the rest."""
+    rows: dict[str, None] = {}
+    for name in summary:
+        for metric in FIELDS:
+            if name.endswith(" " + metric):
+                rows[name[: -len(metric) - 1]] = None
+    header = ["run", "rate /s", "CPU-µs/order", "peak RSS MB", "start-up s", "busy cores"]
+    table = [header]
+    for row in rows:
+        rate = summary.get(f"{row} orders/s") or summary.get(f"{row} records/s")
+        table.append([
+            row, _cell(rate, spread=True),
+            _cell(summary.get(f"{row} CPU-µs/order"), spread=True),
+            _cell(summary.get(f"{row} peak RSS MB"), spread=False),
+            _cell(summary.get(f"{row} start-up s"), spread=False),
+            _cell(summary.get(f"{row} busy cores"), spread=False),
+        ])  # fmt: skip
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in table
+    )
+
+
+def ratio_table(ratios: Mapping[str, Mapping[str, float]]) -> str:
+    width = max((len(name) for name in ratios), default=10) + 2
+    lines = [f"{'ratio':{width}}{'median':>8}{'min':>8}{'max':>8}  target"]
+    for name, s in ratios.items():
+        note = ""
+        if name in TARGETS:
+            verdict = "ok" if s["median"] <= TARGETS[name] else "OVER"
+            note = f"<= {TARGETS[name]:g} ({verdict})"
+        lines.append(f"{name:{width}}{_fmt(s['median']):>8}{_fmt(s['min']):>8}"
+                     f"{_fmt(s['max']):>8}  {note}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def render(results: Mapping[str, Any]) -> str:
+    """The text `make bench` prints at the end."""
+    s, sink, summary = results["settings"], results["sink"], results["summary"]
+    lat = results["options"]["latency_ms"]
+    trees = ", ".join(f"{t['label']}={t['commit']}" for t in results["trees"])
+    machine = results["machine"]
+    lines = [
+        "",
+        f"order-consumer benchmark · {trees} · {machine['cpus']} cores, load"
+        f" {machine['load_before'][0]:.1f} at start · {results['duration_s'] / 60:.1f} min",
+        "",
+        f"Measurements over {len(results['rounds'])} rounds: median [min-max]",
+        measurements(summary),
+    ]
+    paced = [summary.get(f"paced {q} ms") for q in ("p50", "p95", "p99")]
+    if all(paced):
+        rate = summary["paced orders/s"]["median"]
+        lines.append(
+            f"Latency at 50% of D{lat:g} sqlite x1 ({rate:,.0f} orders/s), record timestamp ->"
+            " 2xx, ms: " + ", ".join(f"{q} {_cell(p, spread=True)}"
+                                     for q, p in zip(("p50", "p95", "p99"), paced, strict=True))
+        )  # fmt: skip
+    smallest = s["smallest_batch"]
+    lines += [
+        "",
+        "Ratios, computed within each round",
+        ratio_table(results["ratios"]),
+        "",
+        f"D{lat:g} bound = min(concurrency {s['concurrency']} x batch {s['batches'][smallest]}"
+        f" ({smallest}, the smallest) / {lat:g} ms, B). p99 target = linger {s['linger_ms']}"
+        f" + 3 x {lat:g} + 50 = {s['linger_ms'] + 3 * lat + 50:g} ms.",
+        f"Rates vary ±{results['variation_pct']:.0f}% between rounds (the largest half-range of"
+        " the D rates): read smaller differences as noise.",
+        f"Sink: {sink['requests_per_s']:,.0f} requests/s under load, latency 0"
+        f" ({sink['orders_per_s']:,.0f} orders/s in batches of 50); the busiest second of any D"
+        f" run needed {sink['needed_requests_per_s']:,.0f}: "
+        + ("ok" if sink["headroom_ok"] else "NOT ENOUGH HEADROOM, the sink may limit D"),
+    ]  # fmt: skip
+    for key, what in (("in_flight", "MAX_IN_FLIGHT"), ("latency", "vendor latency ms")):
+        points = results["sweep"].get(key) or []
+        if points:
+            lines.append(f"Sweep ({what} -> orders/s): " + ", ".join(
+                f"{p['value']:g} -> {p['orders_per_s']:,.0f}" for p in points))  # fmt: skip
+    # The first line of each; the JSON keeps the log's tail.
+    lines += [f"FAILED: {failure.splitlines()[0]}" for failure in results["failures"]]
     return "\n".join(lines)

@@ -188,7 +188,7 @@ class Bench:
         self._announce(where, what)
         try:
             return run()
-        except (RunFailed, RuntimeError, TimeoutError) as exc:
+        except Exception as exc:  # one run's failure is reported; the others still run
             message = f"{where} {what}: {exc}"
             self.failures.append(message)
             progress(f"FAILED {message}")
@@ -248,8 +248,12 @@ class Bench:
             return None
         if any(result.missing.values()):
             self.failures.append(f"{where} {label}: orders missing at the sink {result.missing}")
-        progress(f"    {result.orders_per_s:,.0f} orders/s, {result.cpu_us_per_order:.0f} CPU-µs"
-                 f"/order, peak RSS {result.peak_rss_mb:.0f} MB")  # fmt: skip
+        r = result
+        progress(
+            f"    {r.orders_per_s:,.0f} orders/s, {r.cpu_us_per_order:.0f} CPU-µs/order, peak RSS"
+            f" {r.peak_rss_mb:.0f} MB; cores busy: service {r.service_cores:.2f}, machine"
+            f" {r.machine_busy_cores:.2f}"
+        )
         return asdict(result)
 
     def _paced(self, where: str, rnd: dict[str, Any], tree: CodeTree,
@@ -283,8 +287,8 @@ class Bench:
                 sweep["latency"].append(point)
         return sweep
 
-    def sink_capacity(self) -> dict[str, Any]:
-        progress("measuring the sink's own ceiling (3 s of load at latency 0)")
-        capacity = sink_capacity(self.stage.sink.port)
+    def sink_capacity(self, seconds: float) -> dict[str, Any]:
+        progress(f"measuring the sink's own ceiling ({seconds:g} s of load at latency 0)")
+        capacity = sink_capacity(self.stage.sink.port, seconds=seconds)
         self.stage.sink.reset(0)
         return asdict(capacity)

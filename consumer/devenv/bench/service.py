@@ -43,7 +43,10 @@ from consumer.devenv.postgres import create_database, drop_database
 
 TICK_S = 0.1
 COMMITTED_EVERY_S = 0.2
-IDLE_EXIT_S = 5.0  # a safety net: the bench stops the processes as soon as the work is committed
+IDLE_EXIT_S = 30.0
+"""A safety net only: the bench stops the processes as soon as the work is committed. Long, so
+that a member whose partitions are done does not leave mid-run: a rebalance then would be
+measured, not the service."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -86,6 +89,8 @@ class ServiceResult:
     duplicates: dict[str, int]  # orders received more than once, per vendor
     layout: str  # "per-destination groups" or "one group"
     sink_cpu_share: float  # of one core, over the window
+    service_cores: float  # the consumer processes' CPU over the window, in cores
+    machine_busy_cores: float  # every process on the machine (it is shared), in cores
     peak_requests_per_s: float  # the busiest second at the sink, all vendors
     exit_codes: list[int]
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50/p95/p99 (paced runs)
@@ -130,6 +135,12 @@ def _cpu_and_rss(pid: int) -> tuple[float, float]:
         if line.startswith("VmHWM:"):
             rss = int(line.split()[1]) / 1024
     return cpu, rss
+
+
+def _machine_busy() -> float:
+    """CPU seconds spent by the whole machine so far (all cores, not idle, not iowait)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS
 
 
 def _first_assigned(logs: Sequence[Path]) -> float | None:
@@ -177,7 +188,9 @@ class Pacer(threading.Thread):
     def __init__(self, bootstrap: str, topic: str, values: Sequence[bytes], rate: float,
                  count: int) -> None:  # fmt: skip
         super().__init__(name="bench-pacer", daemon=True)
-        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": 1})
+        # librdkafka's default linger (5 ms): a producer as a shop would run it. The record
+        # timestamp is taken at produce(), so the producer's batching counts in the latency.
+        self._producer = Producer({"bootstrap.servers": bootstrap, "acks": 1})
         self._topic, self._values, self._rate, self._count = topic, values, rate, count
         self.timestamps: dict[int, float] = {}
         self.error: BaseException | None = None
@@ -239,6 +252,7 @@ def run_service(ctx: Context, spec: ServiceSpec, *, run_id: str,
     ]  # fmt: skip
     samples: dict[int, list[tuple[float, float]]] = {p.pid: [] for p in processes}
     sink_samples: list[tuple[float, float]] = []
+    machine_samples: list[tuple[float, float]] = []
     rss: dict[int, float] = {}
     pacer: Pacer | None = None
     try:
@@ -251,12 +265,15 @@ def run_service(ctx: Context, spec: ServiceSpec, *, run_id: str,
         while not layout:
             now = time.time()
             for process in processes:
-                if process.poll() is not None:
-                    raise RunFailed(f"consumer exited early with {process.returncode}:\n"
-                                    f"{_tail(logs[processes.index(process)])}")  # fmt: skip
+                if process.poll() is not None:  # caught up and idle (exit 0) is no failure
+                    if process.returncode != 0 or all(p.poll() is not None for p in processes):
+                        raise RunFailed(f"consumer exited early with {process.returncode}:\n"
+                                        f"{_tail(logs[processes.index(process)])}")  # fmt: skip
+                    continue
                 cpu, rss[process.pid] = _cpu_and_rss(process.pid)
                 samples[process.pid].append((now, cpu))
             sink_samples.append((now, _cpu_and_rss(ctx.sink.pid)[0]))
+            machine_samples.append((now, _machine_busy()))
             if pacer is not None and pacer.error is not None:
                 raise RunFailed(f"pacing failed: {pacer.error}")
             producing = pacer is not None and pacer.is_alive()
@@ -277,9 +294,11 @@ def run_service(ctx: Context, spec: ServiceSpec, *, run_id: str,
                 time.sleep(TICK_S)
         finished = time.time()
         for process in processes:
-            cpu, rss[process.pid] = _cpu_and_rss(process.pid)
-            samples[process.pid].append((finished, cpu))
+            if process.poll() is None:
+                cpu, rss[process.pid] = _cpu_and_rss(process.pid)
+                samples[process.pid].append((finished, cpu))
         sink_samples.append((finished, _cpu_and_rss(ctx.sink.pid)[0]))
+        machine_samples.append((finished, _machine_busy()))
     finally:
         codes = [ctx.children.stop(p) for p in processes]
         offsets.close()
@@ -294,6 +313,7 @@ def run_service(ctx: Context, spec: ServiceSpec, *, run_id: str,
     window = max(finished - started, 1e-6)
     cpu = sum(_interpolate(s, finished) - _interpolate(s, started) for s in samples.values())
     sink_cpu = _interpolate(sink_samples, finished) - _interpolate(sink_samples, started)
+    busy = _interpolate(machine_samples, finished) - _interpolate(machine_samples, started)
     expected = {v: keys[:count] for v, keys in ctx.keys.items()}
     missing, duplicates = _verify(expected, records)
     result = ServiceResult(
@@ -302,6 +322,7 @@ def run_service(ctx: Context, spec: ServiceSpec, *, run_id: str,
         cpu_us_per_order=cpu / count * 1e6, peak_rss_mb=max(rss.values()),
         requests={v: len(rs) for v, rs in records.items()}, missing=missing,
         duplicates=duplicates, layout=layout, sink_cpu_share=sink_cpu / window,
+        service_cores=cpu / window, machine_busy_cores=busy / window,
         peak_requests_per_s=_peak_rate(arrivals), exit_codes=codes,
     )  # fmt: skip
     if pacer is not None:
