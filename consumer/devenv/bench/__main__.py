@@ -70,7 +70,9 @@ def _terminate(_signum: int, _frame: Any) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     options, args = parse(argv)
+    # Also SIGINT: a shell that starts us in the background hands it down ignored.
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     started = time.time()
     load_before = os.getloadavg()
     settings = service_settings()
