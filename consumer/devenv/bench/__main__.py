@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ratios = report.summarise_ratios(bench.rounds)
     rates = [name for name, _ in metrics if name.startswith("D") and name.endswith("orders/s")]
     variation = report.variation_pct(summary, rates)
-    needed = max((r["peak_requests_per_s"] for rnd in bench.rounds for r in rnd["D"].values()
-                  if r), default=0.0)  # fmt: skip
+    runs = [r for rnd in bench.rounds for r in (*rnd["D"].values(), *rnd["D_old"].values()) if r]
+    needed = max((r["peak_requests_per_s"] for r in runs), default=0.0)
+    sink_cpu = max((r["sink_cpu_share"] for r in runs), default=0.0)
     sink_ok = capacity["requests_per_s"] >= SINK_HEADROOM * needed
     results = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                      "smallest_batch": smallest, "concurrency": concurrency,
                      "linger_ms": settings.delivery.linger_ms,
                      "max_in_flight": settings.max_in_flight},
-        "sink": {**capacity, "needed_requests_per_s": needed, "headroom_ok": sink_ok},
+        "sink": {**capacity, "needed_requests_per_s": needed, "headroom_ok": sink_ok,
+                 "max_cpu_share": sink_cpu},
         "rounds": bench.rounds,
         "summary": summary,
         "ratios": ratios,

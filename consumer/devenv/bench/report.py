@@ -166,7 +166,7 @@ def measurements(summary: Mapping[str, Mapping[str, float]]) -> str:
         for metric in FIELDS:
             if name.endswith(" " + metric):
                 rows[name[: -len(metric) - 1]] = None
-    header = ["run", "rate /s", "CPU-µs/order", "peak RSS MB", "start-up s", "busy cores"]
+    header = ["run", "rate /s", "CPU-µs/order", "peak RSS MB", "start-up s", "service cores"]
     table = [header]
     for row in rows:
         rate = summary.get(f"{row} orders/s") or summary.get(f"{row} records/s")
@@ -231,12 +231,17 @@ def render(results: Mapping[str, Any]) -> str:
         f"D{lat:g} bound = min(concurrency {s['concurrency']} x batch {s['batches'][smallest]}"
         f" ({smallest}, the smallest) / {lat:g} ms, B). p99 target = linger {s['linger_ms']}"
         f" + 3 x {lat:g} + 50 = {s['linger_ms'] + 3 * lat + 50:g} ms.",
-        f"Rates vary ±{results['variation_pct']:.0f}% between rounds (the largest half-range of"
-        " the D rates): read smaller differences as noise.",
+        (
+            f"Rates vary ±{results['variation_pct']:.0f}% between rounds (the largest half-range"
+            " of the D rates): read smaller differences as noise."
+            if len(results["rounds"]) > 1
+            else "One round: no spread measured; run more rounds before trusting a difference."
+        ),
         f"Sink: {sink['requests_per_s']:,.0f} requests/s under load, latency 0"
         f" ({sink['orders_per_s']:,.0f} orders/s in batches of 50); the busiest second of any D"
         f" run needed {sink['needed_requests_per_s']:,.0f}: "
-        + ("ok" if sink["headroom_ok"] else "NOT ENOUGH HEADROOM, the sink may limit D"),
+        + ("ok" if sink["headroom_ok"] else "NOT ENOUGH HEADROOM, the sink may limit D")
+        + f"; it used at most {sink['max_cpu_share']:.0%} of a core in a D run.",
     ]  # fmt: skip
     for key, what in (("in_flight", "MAX_IN_FLIGHT"), ("latency", "vendor latency ms")):
         points = results["sweep"].get(key) or []

@@ -14,19 +14,23 @@ timestamp to the sink's 2xx answer.
 
 from __future__ import annotations
 
-import json
-import os
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
-
+from consumer.devenv.bench.paced import Pacer, latencies
+from consumer.devenv.bench.probes import (
+    Offsets,
+    Series,
+    cpu_and_rss,
+    first_assigned,
+    machine_busy,
+    tail,
+)
 from consumer.devenv.bench.sink import SinkProcess
 from consumer.devenv.bench.stage import (
     DESTINATIONS,
@@ -35,7 +39,6 @@ from consumer.devenv.bench.stage import (
     Topic,
     end_offsets,
     new_group,
-    order_key,
     service_env,
 )
 from consumer.devenv.kafka import create_topic
@@ -47,7 +50,6 @@ IDLE_EXIT_S = 30.0
 """A safety net only: the bench stops the processes as soon as the work is committed. Long, so
 that a member whose partitions are done does not leave mid-run: a rebalance then would be
 measured, not the service."""
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class RunFailed(RuntimeError):
@@ -108,242 +110,178 @@ class Context:
     postgres_url: str | None = None
 
 
-class Offsets:
-    """Committed offsets of the candidate groups, through one long-lived client per group."""
+class ServiceRun:
+    """One D run: set up its topic, group and ledger, spawn, watch, stop, measure."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int, groups: Sequence[str]) -> None:
-        self._tps = [TopicPartition(topic, p) for p in range(partitions)]
-        self._clients = {g: Consumer({"bootstrap.servers": bootstrap, "group.id": g,
-                                      "enable.auto.commit": False}) for g in groups}  # fmt: skip
+    def __init__(self, ctx: Context, spec: ServiceSpec, run_id: str,
+                 progress: Callable[[str], None]) -> None:  # fmt: skip
+        self.ctx, self.spec, self.run_id, self.progress = ctx, spec, run_id, progress
+        self.topic, self.count = ctx.topic.name, ctx.topic.records
+        self.end: dict[int, int] | None = dict(ctx.topic.end_offsets)
+        self.group = new_group()
+        self.database = f"bench_{run_id}".replace("-", "_")
+        self.logs = [ctx.scratch / f"consumer-{run_id}-{n}.log" for n in range(spec.processes)]
+        self.cpu: dict[int, Series] = {}
+        self.rss: dict[int, float] = {}
+        self.sink_cpu, self.machine = Series(), Series()
+        self.pacer: Pacer | None = None
 
-    def reached(self, group: str, end: dict[int, int]) -> bool:
-        committed = self._clients[group].committed(self._tps, timeout=10)
-        return all(tp.offset >= end[tp.partition] for tp in committed)
-
-    def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
-
-
-def _cpu_and_rss(pid: int) -> tuple[float, float]:
-    """(utime + stime in seconds, VmHWM in MiB) of a live process."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    rss = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            rss = int(line.split()[1]) / 1024
-    return cpu, rss
-
-
-def _machine_busy() -> float:
-    """CPU seconds spent by the whole machine so far (all cores, not idle, not iowait)."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS
-
-
-def _first_assigned(logs: Sequence[Path]) -> float | None:
-    """Wall-clock time of the first `consumer.assigned` event in the processes' JSON logs."""
-    first = None
-    for path in logs:
-        for line in path.read_text(errors="replace").splitlines():
-            if '"consumer.assigned"' not in line:
-                continue
-            try:
-                moment = datetime.fromisoformat(json.loads(line)["timestamp"]).timestamp()
-            except (ValueError, KeyError, TypeError):
-                continue
-            first = moment if first is None else min(first, moment)
-    return first
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _interpolate(samples: Sequence[tuple[float, float]], moment: float) -> float:
-    """The value of a monotonic series (time, value) at `moment`."""
-    before = [s for s in samples if s[0] <= moment]
-    after = [s for s in samples if s[0] >= moment]
-    if not before:
-        return samples[0][1]
-    if not after:
-        return samples[-1][1]
-    (t1, v1), (t2, v2) = before[-1], after[0]
-    return v1 if t2 == t1 else v1 + (v2 - v1) * (moment - t1) / (t2 - t1)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
-
-
-class Pacer(threading.Thread):
-    """Produce orders [0, count) of the topic's values at `rate` per second, each with its
-    Kafka timestamp (kept: latency is measured from it)."""
-
-    def __init__(self, bootstrap: str, topic: str, values: Sequence[bytes], rate: float,
-                 count: int) -> None:  # fmt: skip
-        super().__init__(name="bench-pacer", daemon=True)
-        # librdkafka's default linger (5 ms): a producer as a shop would run it. The record
-        # timestamp is taken at produce(), so the producer's batching counts in the latency.
-        self._producer = Producer({"bootstrap.servers": bootstrap, "acks": 1})
-        self._topic, self._values, self._rate, self._count = topic, values, rate, count
-        self.timestamps: dict[int, float] = {}
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
+    def run(self) -> ServiceResult:
+        self.ctx.sink.reset(self.spec.latency_ms)
+        env = self._environment()
+        offsets = Offsets(self.ctx.bootstrap, self.topic, self.ctx.topic.partitions,
+                          [*self._groups, self.group])  # fmt: skip
+        spawned = time.time()
+        processes = [self._spawn(env, log) for log in self.logs]
         try:
-            started = time.monotonic()
-            sent = 0
-            while sent < self._count:
-                due = min(self._count, int((time.monotonic() - started) * self._rate) + 1)
-                while sent < due:
-                    ms = int(time.time() * 1000)
-                    self._producer.produce(self._topic, key=order_key(sent).encode(),
-                                           value=self._values[sent], timestamp=ms)  # fmt: skip
-                    self.timestamps[sent] = ms / 1000
-                    sent += 1
-                self._producer.poll(0)
-                time.sleep(0.002)
-            if self._producer.flush(30) != 0:
-                raise RuntimeError("paced records not acknowledged")
-        except BaseException as exc:
-            self.error = exc
+            if self.spec.paced_rate is not None:
+                self._wait_assigned(processes)
+                self.pacer = Pacer(self.ctx.bootstrap, self.topic, self.ctx.topic.values,
+                                   self.spec.paced_rate, self.count)  # fmt: skip
+                self.pacer.start()
+            layout = self._watch(processes, offsets, spawned)
+            finished = time.time()
+            self._sample(processes, finished)
+        finally:
+            codes = [self.ctx.children.stop(p) for p in processes]
+            offsets.close()
+            if self.pacer is not None:
+                self.pacer.join(5)
+            if self.spec.ledger == "postgresql" and self.ctx.postgres_url is not None:
+                drop_database(self.ctx.postgres_url, self.database)
+        return self._result(spawned, finished, layout, codes)
+
+    @property
+    def _groups(self) -> list[str]:
+        return [f"{self.group}-{d}" for d in DESTINATIONS]
+
+    def _environment(self) -> dict[str, str]:
+        ctx, spec = self.ctx, self.spec
+        if spec.paced_rate is not None:  # a topic of its own, filled while the service runs
+            self.topic = f"{ctx.topic.name}-paced-{self.run_id}"
+            create_topic(ctx.bootstrap, self.topic, partitions=ctx.topic.partitions)
+            create_topic(ctx.bootstrap, f"{self.topic}.dlq", partitions=1)
+            self.count = min(
+                len(ctx.topic.values), max(1, int(spec.paced_rate * spec.paced_seconds))
+            )
+            self.end = None  # read once the pacer has produced everything
+        if spec.ledger == "postgresql":
+            if ctx.postgres_url is None:
+                raise RunFailed("no PostgreSQL server")
+            ledger_url = create_database(ctx.postgres_url, self.database)
+        else:
+            ledger_url = f"sqlite:///{ctx.scratch / f'ledger-{self.run_id}.sqlite3'}"
+        overrides = {}
+        if spec.max_in_flight is not None:
+            overrides["MAX_IN_FLIGHT"] = str(spec.max_in_flight)
+        settings = service_env(
+            bootstrap=ctx.bootstrap,
+            sink_url=ctx.sink.url,
+            topic=self.topic,
+            group=self.group,
+            ledger_url=ledger_url,
+            overrides=overrides,
+        )
+        return {**ctx.tree.python_env(), **settings}
+
+    def _spawn(self, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        process = self.ctx.children.spawn(
+            [sys.executable, "-m", "consumer", "run", "--idle-exit", str(IDLE_EXIT_S)],
+            log_path=log, env=env, cwd=self.ctx.tree.path,
+        )  # fmt: skip
+        self.cpu[process.pid] = Series()
+        return process
+
+    def _sample(self, processes: Sequence[subprocess.Popen[bytes]], now: float) -> None:
+        for process in processes:
+            if process.poll() is None:
+                cpu, self.rss[process.pid] = cpu_and_rss(process.pid)
+                self.cpu[process.pid].add(now, cpu)
+        self.sink_cpu.add(now, cpu_and_rss(self.ctx.sink.pid)[0])
+        self.machine.add(now, machine_busy())
+
+    def _watch(self, processes: Sequence[subprocess.Popen[bytes]], offsets: Offsets,
+               spawned: float) -> str:  # fmt: skip
+        """Sample every tick until the committed offsets reach the end; return which group
+        layout got there."""
+        deadline = time.monotonic() + 60 + self.count / 20
+        last_check, last_report = 0.0, time.monotonic()
+        while True:
+            self._check_alive(processes)
+            self._sample(processes, time.time())
+            producing = self.pacer is not None and self.pacer.is_alive()
+            if not producing and time.monotonic() - last_check >= COMMITTED_EVERY_S:
+                last_check = time.monotonic()
+                if self.end is None:
+                    self.end = end_offsets(self.ctx.bootstrap, self.topic,
+                                           self.ctx.topic.partitions)  # fmt: skip
+                if all(offsets.reached(g, self.end) for g in self._groups):
+                    return "per-destination groups"
+                if offsets.reached(self.group, self.end):
+                    return "one group"
+            if time.monotonic() - last_report >= 5:
+                last_report = time.monotonic()
+                self.progress(f"    … {self.spec.label}: {time.time() - spawned:.0f} s")
+            if time.monotonic() > deadline:
+                raise RunFailed(f"not committed to the end in time:\n{tail(self.logs[0])}")
+            time.sleep(TICK_S)
+
+    def _check_alive(self, processes: Sequence[subprocess.Popen[bytes]]) -> None:
+        if self.pacer is not None and self.pacer.error is not None:
+            raise RunFailed(f"pacing failed: {self.pacer.error}")
+        for n, process in enumerate(processes):
+            code = process.poll()
+            # A member caught up and idle (exit 0) is no failure while another one works.
+            if code is not None and (code != 0 or all(p.poll() is not None for p in processes)):
+                raise RunFailed(f"consumer exited early with {code}:\n{tail(self.logs[n])}")
+
+    def _wait_assigned(self, processes: Sequence[subprocess.Popen[bytes]]) -> None:
+        """Until the service holds its partitions (then the paced records measure the service,
+        not its start-up)."""
+        deadline = time.monotonic() + 60
+        while first_assigned(self.logs) is None:
+            if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
+                raise RunFailed(f"no partition assignment:\n{tail(self.logs[0])}")
+            time.sleep(TICK_S)
+        time.sleep(1.0)  # every lane, not only the first
+
+    def _result(self, spawned: float, finished: float, layout: str,
+                codes: list[int]) -> ServiceResult:  # fmt: skip
+        records = self.ctx.sink.records()
+        arrivals = [r[0] for rs in records.values() for r in rs]
+        first_request = min(arrivals) if arrivals else finished
+        started = first_assigned(self.logs) or first_request
+        window = max(finished - started, 1e-6)
+        cpu = sum(series.between(started, finished) for series in self.cpu.values())
+        expected = {v: keys[: self.count] for v, keys in self.ctx.keys.items()}
+        missing, duplicates = _verify(expected, records)
+        result = ServiceResult(
+            label=self.spec.label, orders=self.count, orders_per_s=self.count / window,
+            window_s=window, startup_s=started - spawned,
+            first_request_s=first_request - spawned,
+            cpu_us_per_order=cpu / self.count * 1e6, peak_rss_mb=max(self.rss.values()),
+            requests={v: len(rs) for v, rs in records.items()}, missing=missing,
+            duplicates=duplicates, layout=layout,
+            sink_cpu_share=self.sink_cpu.between(started, finished) / window,
+            service_cores=cpu / window,
+            machine_busy_cores=self.machine.between(started, finished) / window,
+            peak_requests_per_s=_peak_rate(arrivals), exit_codes=codes,
+        )  # fmt: skip
+        if self.pacer is not None:
+            result.latency_ms = latencies(expected, records, self.pacer.timestamps)
+        return result
 
 
 def run_service(ctx: Context, spec: ServiceSpec, *, run_id: str,
                 progress: Callable[[str], None]) -> ServiceResult:  # fmt: skip
-    ctx.sink.reset(spec.latency_ms)
-    topic, partitions, count = ctx.topic.name, ctx.topic.partitions, ctx.topic.records
-    end: dict[int, int] | None = dict(ctx.topic.end_offsets)
-    if spec.paced_rate is not None:
-        topic = f"{ctx.topic.name}-paced-{run_id}"
-        create_topic(ctx.bootstrap, topic, partitions=partitions)
-        create_topic(ctx.bootstrap, f"{topic}.dlq", partitions=1)
-        count = min(len(ctx.topic.values), max(1, int(spec.paced_rate * spec.paced_seconds)))
-        end = None  # read once the pacer has produced everything
-    group = new_group()
-    database = f"bench_{run_id}".replace("-", "_")
-    if spec.ledger == "postgresql":
-        if ctx.postgres_url is None:
-            raise RunFailed("no PostgreSQL server")
-        ledger_url = create_database(ctx.postgres_url, database)
-    else:
-        ledger_url = f"sqlite:///{ctx.scratch / f'ledger-{run_id}.sqlite3'}"
-    overrides = {}
-    if spec.max_in_flight is not None:
-        overrides["MAX_IN_FLIGHT"] = str(spec.max_in_flight)
-    env = {**ctx.tree.python_env(), **service_env(
-        bootstrap=ctx.bootstrap, sink_url=ctx.sink.url, topic=topic, group=group,
-        ledger_url=ledger_url, overrides=overrides)}  # fmt: skip
-    groups = [f"{group}-{d}" for d in DESTINATIONS]
-    offsets = Offsets(ctx.bootstrap, topic, partitions, [*groups, group])
-    logs = [ctx.scratch / f"consumer-{run_id}-{n}.log" for n in range(spec.processes)]
-    spawned = time.time()
-    processes = [
-        ctx.children.spawn(
-            [sys.executable, "-m", "consumer", "run", "--idle-exit", str(IDLE_EXIT_S)],
-            log_path=log, env=env, cwd=ctx.tree.path)
-        for log in logs
-    ]  # fmt: skip
-    samples: dict[int, list[tuple[float, float]]] = {p.pid: [] for p in processes}
-    sink_samples: list[tuple[float, float]] = []
-    machine_samples: list[tuple[float, float]] = []
-    rss: dict[int, float] = {}
-    pacer: Pacer | None = None
-    try:
-        if spec.paced_rate is not None:
-            _wait_assigned(logs, processes)
-            pacer = Pacer(ctx.bootstrap, topic, ctx.topic.values, spec.paced_rate, count)
-            pacer.start()
-        deadline = time.monotonic() + 60 + count / 20
-        layout, last_check, last_report = "", 0.0, time.monotonic()
-        while not layout:
-            now = time.time()
-            for process in processes:
-                if process.poll() is not None:  # caught up and idle (exit 0) is no failure
-                    if process.returncode != 0 or all(p.poll() is not None for p in processes):
-                        raise RunFailed(f"consumer exited early with {process.returncode}:\n"
-                                        f"{_tail(logs[processes.index(process)])}")  # fmt: skip
-                    continue
-                cpu, rss[process.pid] = _cpu_and_rss(process.pid)
-                samples[process.pid].append((now, cpu))
-            sink_samples.append((now, _cpu_and_rss(ctx.sink.pid)[0]))
-            machine_samples.append((now, _machine_busy()))
-            if pacer is not None and pacer.error is not None:
-                raise RunFailed(f"pacing failed: {pacer.error}")
-            producing = pacer is not None and pacer.is_alive()
-            if not producing and time.monotonic() - last_check >= COMMITTED_EVERY_S:
-                last_check = time.monotonic()
-                if end is None:
-                    end = end_offsets(ctx.bootstrap, topic, partitions)
-                if all(offsets.reached(g, end) for g in groups):
-                    layout = "per-destination groups"
-                elif offsets.reached(group, end):
-                    layout = "one group"
-            if time.monotonic() - last_report >= 5:
-                last_report = time.monotonic()
-                progress(f"    … {spec.label}: {time.time() - spawned:.0f} s")
-            if time.monotonic() > deadline:
-                raise RunFailed(f"not committed to the end in time:\n{_tail(logs[0])}")
-            if not layout:
-                time.sleep(TICK_S)
-        finished = time.time()
-        for process in processes:
-            if process.poll() is None:
-                cpu, rss[process.pid] = _cpu_and_rss(process.pid)
-                samples[process.pid].append((finished, cpu))
-        sink_samples.append((finished, _cpu_and_rss(ctx.sink.pid)[0]))
-        machine_samples.append((finished, _machine_busy()))
-    finally:
-        codes = [ctx.children.stop(p) for p in processes]
-        offsets.close()
-        if pacer is not None:
-            pacer.join(5)
-        if spec.ledger == "postgresql" and ctx.postgres_url is not None:
-            drop_database(ctx.postgres_url, database)
-    records = ctx.sink.records()
-    arrivals = [r[0] for rs in records.values() for r in rs]
-    first_request = min(arrivals) if arrivals else finished
-    started = _first_assigned(logs) or first_request
-    window = max(finished - started, 1e-6)
-    cpu = sum(_interpolate(s, finished) - _interpolate(s, started) for s in samples.values())
-    sink_cpu = _interpolate(sink_samples, finished) - _interpolate(sink_samples, started)
-    busy = _interpolate(machine_samples, finished) - _interpolate(machine_samples, started)
-    expected = {v: keys[:count] for v, keys in ctx.keys.items()}
-    missing, duplicates = _verify(expected, records)
-    result = ServiceResult(
-        label=spec.label, orders=count, orders_per_s=count / window, window_s=window,
-        startup_s=started - spawned, first_request_s=first_request - spawned,
-        cpu_us_per_order=cpu / count * 1e6, peak_rss_mb=max(rss.values()),
-        requests={v: len(rs) for v, rs in records.items()}, missing=missing,
-        duplicates=duplicates, layout=layout, sink_cpu_share=sink_cpu / window,
-        service_cores=cpu / window, machine_busy_cores=busy / window,
-        peak_requests_per_s=_peak_rate(arrivals), exit_codes=codes,
-    )  # fmt: skip
-    if pacer is not None:
-        result.latency_ms = _latencies(expected, records, pacer.timestamps)
-    return result
-
-
-def _wait_assigned(logs: Sequence[Path], processes: Sequence[Any], timeout_s: float = 60) -> None:
-    """Until the service holds its partitions (then the paced records measure the service,
-    not its start-up)."""
-    deadline = time.monotonic() + timeout_s
-    while _first_assigned(logs) is None:
-        if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
-            raise RunFailed(f"no partition assignment:\n{_tail(logs[0])}")
-        time.sleep(TICK_S)
-    time.sleep(1.0)  # every lane, not only the first
+    return ServiceRun(ctx, spec, run_id, progress).run()
 
 
 def _verify(
     expected: dict[str, list[Any]], records: dict[str, list[Any]]
 ) -> tuple[dict[str, int], dict[str, int]]:
+    """(missing, repeated) orders per vendor: keys B saw that the sink did not, and keys the
+    sink received more than once."""
     missing, duplicates = {}, {}
     for vendor, keys in expected.items():
         received = [key for _, _, ks in records.get(vendor, []) for key in ks]
@@ -359,19 +297,3 @@ def _peak_rate(arrivals: Sequence[float]) -> float:
     for moment in arrivals:
         per_second[int(moment)] = per_second.get(int(moment), 0) + 1
     return float(max(per_second.values(), default=0))
-
-
-def _latencies(expected: dict[str, list[Any]], records: dict[str, list[Any]],
-               produced: dict[int, float]) -> dict[str, float]:  # fmt: skip
-    """p50/p95/p99 (ms) of record timestamp → 2xx answer, over every (order, vendor)."""
-    values = []
-    for vendor, keys in expected.items():
-        index = {key: i for i, key in enumerate(keys) if key is not None}
-        for _, answered, ks in records.get(vendor, []):
-            for key in ks:
-                i = index.get(key)
-                if i is not None and i in produced:
-                    values.append((answered - produced[i]) * 1000)
-    if not values:
-        return {}
-    return {f"p{q}": percentile(values, q) for q in (50, 95, 99)} | {"samples": len(values)}
