@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 KAFKA_POM := deploy/local-kafka/pom.xml
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars postgres-server lint typecheck unit integration chaos test demo run sandbox status clean
+.PHONY: help install kafka-jars postgres-server lint typecheck unit integration chaos test demo run sandbox status bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ run: $(INSTALLED) ## the service itself, configured by CONSUMER_* variables (see
 
 sandbox: $(INSTALLED) ## the vendor sandbox alone on 127.0.0.1:8900
 	$(BIN)/consumer sandbox --port 8900 --record-dir .demo/sandbox
+
+bench: $(INSTALLED) kafka-jars postgres-server ## throughput/latency benchmark (BASELINE=<git-ref> to compare; BENCH_ARGS=...)
+	$(BIN)/python -m consumer.devenv.bench $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
 
 status: $(INSTALLED) ## ledger figures (delivered, dead-lettered, open window)
 	$(BIN)/consumer status

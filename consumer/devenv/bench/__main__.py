@@ -1,0 +1,145 @@
+"""`python -m consumer.devenv.bench` (`make bench`): measure the service against its own CPU
+ceiling, a raw Kafka drain and a naive consumer, in interleaved rounds on this machine; print the
+table and the ratios, write `bench-results/<timestamp>.json` and a PNG plot. See the README's
+"Benchmark" section for how to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from consumer.devenv.bench import report
+from consumer.devenv.bench.charts import plot
+from consumer.devenv.bench.rounds import RUNS, Bench, Options, service_settings, staged
+from consumer.devenv.bench.stage import COMMIT_INTERVAL_MS, ROOT, progress, scratch_dir
+
+SINK_HEADROOM = 3.0  # the sink must take at least this many times the busiest second's requests
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
+    d = Options()
+    p = argparse.ArgumentParser(prog="python -m consumer.devenv.bench", description=__doc__)
+    p.add_argument("--orders", type=int, default=d.orders, help="orders preloaded (A, B, D)")
+    p.add_argument("--partitions", type=int, default=d.partitions)
+    p.add_argument("--rounds", type=int, default=d.rounds)
+    p.add_argument("--latency-ms", type=float, default=d.latency_ms,
+                   help="the vendor latency of C, D<L> and the paced run")  # fmt: skip
+    p.add_argument("--naive-seconds", type=float, default=d.naive_seconds, help="C's time box")
+    p.add_argument("--paced-seconds", type=float, default=d.paced_seconds)
+    p.add_argument("--sweep-orders", type=int, default=d.sweep_orders)
+    p.add_argument("--in-flight", type=_ints, default=d.in_flight, help="e.g. 100,500,2000")
+    p.add_argument("--latencies", type=_floats, default=d.latencies, help="e.g. 0,5,20,50")
+    p.add_argument("--baseline", default=None, help="a git ref to measure B and D0/D<L> of too")
+    p.add_argument("--runs", default=",".join(RUNS), help=f"a subset of {','.join(RUNS)}")
+    p.add_argument("--sink-seconds", type=float, default=3.0, help="the sink's own load test")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "bench-results")
+    p.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to the JSON)")
+    args = p.parse_args(argv)
+    runs = tuple(r for r in args.runs.split(",") if r)
+    unknown = set(runs) - set(RUNS)
+    if unknown:
+        p.error(f"unknown runs {sorted(unknown)}; choose from {','.join(RUNS)}")
+    options = Options(orders=args.orders, partitions=args.partitions, rounds=args.rounds,
+                      latency_ms=args.latency_ms, naive_seconds=args.naive_seconds,
+                      paced_seconds=args.paced_seconds, sweep_orders=args.sweep_orders,
+                      in_flight=args.in_flight, latencies=args.latencies,
+                      baseline=args.baseline, runs=runs)  # fmt: skip
+    return options, args
+
+
+def _terminate(_signum: int, _frame: Any) -> NoReturn:
+    raise KeyboardInterrupt  # the same clean-up as Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    options, args = parse(argv)
+    # Also SIGINT: a shell that starts us in the background hands it down ignored.
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    started = time.time()
+    load_before = os.getloadavg()
+    settings = service_settings()
+    lat = options.latency_ms
+    batches = {"nibble": settings.nibble.batch_size, "nudgify": settings.nudgify.batch_size,
+               "custobar": settings.custobar.batch_size}  # fmt: skip
+    smallest = min(batches, key=lambda v: batches[v])
+    concurrency = settings.delivery.concurrent_requests
+    try:
+        with contextlib.ExitStack() as stack:
+            scratch = stack.enter_context(scratch_dir())
+            stage = stack.enter_context(staged(options, stack, scratch))
+            bench = Bench(options, stage)
+            capacity = bench.sink_capacity(args.sink_seconds)
+            bench.run()
+            trees = [{"label": t.label, "commit": t.commit} for t in stage.trees]
+    except KeyboardInterrupt:
+        progress("interrupted: every process stopped, temporary files removed")
+        return 130
+    for rnd in bench.rounds:
+        rnd["ratios"] = report.round_ratios(
+            rnd, latency_ms=lat, linger_ms=settings.delivery.linger_ms,
+            concurrency=concurrency, batch=batches[smallest],
+        )  # fmt: skip
+    metrics = report.metrics(bench.rounds)
+    summary = report.summarise(bench.rounds, metrics)
+    ratios = report.summarise_ratios(bench.rounds)
+    rates = [name for name, _ in metrics if name.startswith("D") and name.endswith("orders/s")]
+    variation = report.variation_pct(summary, rates)
+    runs = [r for rnd in bench.rounds for r in (*rnd["D"].values(), *rnd["D_old"].values()) if r]
+    needed = max((r["peak_requests_per_s"] for r in runs), default=0.0)
+    sink_cpu = max((r["sink_cpu_share"] for r in runs), default=0.0)
+    sink_ok = capacity["requests_per_s"] >= SINK_HEADROOM * needed
+    results = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": time.time() - started,
+        "machine": {"cpus": os.cpu_count(), "load_before": load_before,
+                    "load_after": os.getloadavg(), "python": platform.python_version()},
+        "options": {**vars(options), "runs": list(options.runs)},
+        "trees": trees,
+        "settings": {"commit_interval_ms": COMMIT_INTERVAL_MS, "batches": batches,
+                     "smallest_batch": smallest, "concurrency": concurrency,
+                     "linger_ms": settings.delivery.linger_ms,
+                     "max_in_flight": settings.max_in_flight},
+        "sink": {**capacity, "needed_requests_per_s": needed, "headroom_ok": sink_ok,
+                 "max_cpu_share": sink_cpu},
+        "rounds": bench.rounds,
+        "summary": summary,
+        "ratios": ratios,
+        "variation_pct": variation,
+        "sweep": bench.sweep,
+        "failures": bench.failures,
+    }  # fmt: skip
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"{stamp}.json"
+    out.write_text(json.dumps(results, indent=1, default=str))
+    png = args.plot or args.out_dir / f"{stamp}.png"
+    if bench.sweep.get("in_flight") or bench.sweep.get("latency"):
+        b = summary.get("B CPU ceiling orders/s", {}).get("median")
+        plot(png, bench.sweep, ceiling=b, concurrency=concurrency, batch=batches[smallest],
+             latency_ms=lat, title=f"order-consumer {trees[0]['commit']}, "
+             f"{options.sweep_orders:,} orders, {os.cpu_count()} cores (shared)")  # fmt: skip
+    print(report.render(results))
+    print(f"\nresults: {out}" + (f"\nplot:    {png}" if png.exists() else ""))
+    return 1 if bench.failures or not sink_ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

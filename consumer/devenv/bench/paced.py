@@ -1,0 +1,70 @@
+"""The paced run's two halves: a producer at a fixed rate whose record timestamps are kept, and
+the latency of each (order, vendor) from that timestamp to the sink's 2xx answer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Producer
+
+from consumer.devenv.bench.stage import order_key
+
+
+class Pacer(threading.Thread):
+    """Produce orders [0, count) of `values` at `rate` per second, each with its Kafka
+    timestamp (kept: latency is measured from it)."""
+
+    def __init__(self, bootstrap: str, topic: str, values: Sequence[bytes], rate: float,
+                 count: int) -> None:  # fmt: skip
+        super().__init__(name="bench-pacer", daemon=True)
+        # librdkafka's default linger (5 ms): a producer as a shop would run it. The record
+        # timestamp is taken at produce(), so the producer's batching counts in the latency.
+        self._producer = Producer({"bootstrap.servers": bootstrap, "acks": 1})
+        self._topic, self._values, self._rate, self._count = topic, values, rate, count
+        self.timestamps: dict[int, float] = {}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            started = time.monotonic()
+            sent = 0
+            while sent < self._count:
+                due = min(self._count, int((time.monotonic() - started) * self._rate) + 1)
+                while sent < due:
+                    ms = int(time.time() * 1000)
+                    self._producer.produce(self._topic, key=order_key(sent).encode(),
+                                           value=self._values[sent], timestamp=ms)  # fmt: skip
+                    self.timestamps[sent] = ms / 1000
+                    sent += 1
+                self._producer.poll(0)
+                time.sleep(0.002)
+            if self._producer.flush(30) != 0:
+                raise RuntimeError("paced records not acknowledged")
+        except BaseException as exc:  # handed to the run, which fails with it
+            self.error = exc
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def latencies(expected: dict[str, list[Any]], records: dict[str, list[Any]],
+              produced: dict[int, float]) -> dict[str, float]:  # fmt: skip
+    """p50/p95/p99 (ms) of record timestamp → 2xx answer, over every (order, vendor)."""
+    values = []
+    for vendor, keys in expected.items():
+        index = {key: i for i, key in enumerate(keys) if key is not None}
+        for _, answered, ks in records.get(vendor, []):
+            for key in ks:
+                i = index.get(key)
+                if i is not None and i in produced:
+                    values.append((answered - produced[i]) * 1000)
+    if not values:
+        return {}
+    return {f"p{q}": percentile(values, q) for q in (50, 95, 99)} | {"samples": len(values)}

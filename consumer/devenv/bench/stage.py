@@ -1,0 +1,204 @@
+"""Everything a benchmark run stands on: the broker, the sink, PostgreSQL, the preloaded topic,
+the code trees measured (this one and an optional baseline commit in a temporary git worktree),
+the CONSUMER_* environment of the service's runs, and every child process, so that all of it
+is stopped and removed on the way out, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from consumer.devenv.bench.ceiling import write_values
+from consumer.devenv.kafka import create_topic
+from consumer.devenv.samples import encode_schemaless, load_schema, sample_orders
+
+PREFIX = "BN"  # order numbers BN-100000, BN-100001, …
+ROOT = Path(__file__).resolve().parents[3]
+DESTINATIONS = ("nibble", "nudgify", "custobar")
+IDEMPOTENCY_SECRET = "bench-idempotency-secret-0123456789"  # noqa: S105 (a bench value)
+CREDENTIALS = {
+    "NIBBLE_API_KEY": "bench-nibble-key",
+    "NIBBLE_API_SECRET": "bench-nibble-secret",
+    "NUDGIFY_API_KEY": "bench-nudgify-key",
+    "NUDGIFY_SITE_KEY": "510eeb08-814e-456a-b5c1-8c7c70cc4c00",
+    "CUSTOBAR_TOKEN": "bench-custobar-token",
+}
+COMMIT_INTERVAL_MS = 200
+"""The one setting the bench changes from the service's defaults (1000 ms): the end of a run is
+seen when the last offsets are committed, so a shorter interval measures the work, not the
+timer. Every other setting is the service's default unless a run says otherwise."""
+
+
+class Children:
+    """Every process the bench starts; `stop_all` ends them (TERM, then KILL) by their ids."""
+
+    def __init__(self) -> None:
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, args: list[str], *, log_path: Path, **popen: Any) -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as out:
+            process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True, **popen)  # fmt: skip
+        self._processes.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        with contextlib.suppress(ValueError):
+            self._processes.remove(process)
+        return process.returncode
+
+    def stop_all(self) -> None:
+        for process in list(self._processes):
+            self.stop(process, timeout_s=5.0)
+
+
+@dataclass
+class CodeTree:
+    """A checkout whose `consumer` package is measured: this repository or a baseline commit."""
+
+    label: str  # "new" or the baseline ref
+    path: Path
+    commit: str
+
+    def python_env(self) -> dict[str, str]:
+        """The environment for a process that must import this tree's `consumer`."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUMER_")}
+        env["PYTHONPATH"] = str(self.path)
+        return env
+
+
+def current_tree() -> CodeTree:
+    return CodeTree("new", ROOT, _git("rev-parse", "--short", "HEAD").strip())
+
+
+@contextlib.contextmanager
+def baseline_tree(ref: str, parent: Path) -> Iterator[CodeTree]:
+    """`ref` checked out into a temporary git worktree outside the repository; removed after."""
+    commit = _git("rev-parse", "--short", f"{ref}^{{commit}}").strip()
+    path = parent / f"baseline-{commit}"
+    _git("worktree", "add", "--detach", "--force", str(path), commit)
+    try:
+        yield CodeTree(ref, path, commit)
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _git("worktree", "remove", "--force", str(path))
+        _git("worktree", "prune")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout  # fmt: skip
+
+
+@dataclass
+class Topic:
+    """The preloaded topic: its record values in order of production, and where it ends."""
+
+    name: str
+    partitions: int
+    values: list[bytes]
+    end_offsets: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def records(self) -> int:
+        return sum(self.end_offsets.values())
+
+
+def preload(bootstrap: str, name: str, *, orders: int, partitions: int, values_path: Path) -> Topic:
+    """Create the topic and its dead-letter topic, produce the sample orders once (keyed by
+    order number), and keep the values for the in-process runs."""
+    schema = load_schema()
+    values = [encode_schemaless(r, schema) for r in sample_orders(orders, seed=2026, prefix=PREFIX)]
+    keys = [order_key(i).encode() for i in range(orders)]
+    create_topic(bootstrap, name, partitions=partitions)
+    create_topic(bootstrap, f"{name}.dlq", partitions=1)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
+                         "enable.idempotence": True})  # fmt: skip
+    for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+        producer.produce(name, key=key, value=value)
+        if i % 5000 == 4999:
+            producer.flush()
+    if producer.flush(60) != 0:
+        raise RuntimeError("the broker did not acknowledge every preloaded order")
+    write_values(values_path, values)
+    topic = Topic(name, partitions, values)
+    topic.end_offsets = end_offsets(bootstrap, name, partitions)
+    if topic.records != orders:
+        raise RuntimeError(f"topic {name} holds {topic.records} records, expected {orders}")
+    return topic
+
+
+def order_key(index: int) -> str:
+    """The Kafka key (the order number) of sample order `index`."""
+    return f"{PREFIX}-{100000 + index}"
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-probe"})
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(partitions)}  # fmt: skip
+    finally:
+        consumer.close()
+
+
+def service_env(
+    *, bootstrap: str, sink_url: str, topic: str, group: str, ledger_url: str,
+    overrides: dict[str, str] | None = None,
+) -> dict[str, str]:  # fmt: skip
+    """The CONSUMER_* settings of one run (only names every measured version knows)."""
+    env = {
+        "BOOTSTRAP_SERVERS": bootstrap,
+        "TOPIC": topic,
+        "DEAD_LETTER_TOPIC": f"{topic}.dlq",
+        "GROUP_ID": group,
+        "LEDGER_URL": ledger_url,
+        "IDEMPOTENCY_SECRET": IDEMPOTENCY_SECRET,
+        "NIBBLE_BASE_URL": f"{sink_url}/nibble",
+        "NUDGIFY_BASE_URL": f"{sink_url}/nudgify",
+        "CUSTOBAR_BASE_URL": f"{sink_url}/custobar",
+        "COMMIT_INTERVAL_MS": str(COMMIT_INTERVAL_MS),
+        "LOG_FORMAT": "json",
+        **CREDENTIALS,
+        **(overrides or {}),
+    }
+    return {f"CONSUMER_{k}": v for k, v in env.items()}
+
+
+def new_group() -> str:
+    return f"bench-{uuid.uuid4().hex[:10]}"
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="order-consumer-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
