@@ -212,7 +212,8 @@ async def build_service(settings: Settings) -> Service:
             writer_schema=load_schema(settings.writer_schema),
         )
     dead_letters = KafkaDeadLetters(Producer(producer_config(settings)), settings.dead_letter_topic)
-    office = DeadLetterOffice(dead_letters, ledger, owner=settings.instance_id, backoff=backoff)
+    office = DeadLetterOffice(dead_letters, ledger, owner=settings.instance_id, backoff=backoff,
+                              lease_s=d.lease_s)  # fmt: skip
     bounds = settings.limits
     limits = LaneLimits(
         max_in_flight=settings.max_in_flight,

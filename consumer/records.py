@@ -1,10 +1,11 @@
 """A Kafka record as the pipeline sees it, and how one is given up: the dead-letter office.
 
-A dead letter is written at most once per (destination, key, payload): the office asks the
-ledger first (a replay, or a crash before the commit, does not repeat one), shares one write
-between records of several lanes that give up the same thing at once, waits until Kafka
-acknowledged it, and only then records it in the ledger. Nothing here imports Kafka: the sink
-is a Protocol (`dead_letter.KafkaDeadLetters` in production).
+A dead letter is written once per (destination, key, payload): the office claims it in the
+ledger first (a replay, a crash before the commit, or another instance reading the same record
+does not repeat it), shares one write between the lanes of this process that give up the same
+thing at once, waits until Kafka acknowledged it, and only then records it as written. A crash
+between the write and the record is the dead letters' open window: written once more. Nothing
+here imports Kafka: the sink is a Protocol (`dead_letter.KafkaDeadLetters` in production).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Protocol
 from consumer import faultpoints
 from consumer.deliver.retry import Backoff, T, persist
 from consumer.errors import DeadLetterError, LedgerError
-from consumer.ledger import ANY_PAYLOAD, Ledger
+from consumer.ledger import ANY_PAYLOAD, Ledger, State
 from consumer.logs import REDACTOR, get_logger
 
 log = get_logger(__name__)
@@ -84,12 +85,19 @@ class DeadLetterOffice:
     """Writes each dead letter once (see the module docstring); shared by every lane."""
 
     def __init__(
-        self, sink: DeadLetterSink, ledger: Ledger, *, owner: str, backoff: Backoff
+        self,
+        sink: DeadLetterSink,
+        ledger: Ledger,
+        *,
+        owner: str,
+        backoff: Backoff,
+        lease_s: float = 120.0,
     ) -> None:
         self._sink = sink
         self._ledger = ledger
         self._owner = owner
         self._backoff = backoff
+        self._lease_s = lease_s
         self._writing: dict[tuple[str, str, str], asyncio.Future[str]] = {}
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (destination, outcome) → count
 
@@ -125,8 +133,18 @@ class DeadLetterOffice:
     async def _give_up(
         self, record: RawRecord, letter: DeadLetter, key: str, payload_hash: str
     ) -> str:
-        if await self.already(letter.destination, key, payload_hash):
-            return "already_dead_lettered"
+        while True:  # another instance reading the same record may be writing this very letter
+            state = await self._ledger_call(
+                lambda: self._ledger.claim_dead_letter(
+                    letter.destination, key, payload_hash, owner=self._owner,
+                    lease_s=self._lease_s,
+                )
+            )  # fmt: skip
+            if state is State.DEAD_LETTERED:
+                return "already_dead_lettered"
+            if state is State.CLAIMED:
+                break
+            await asyncio.sleep(min(self._lease_s / 4, 2.0))
         await persist(lambda: self._sink.send(record, letter), backoff=self._backoff,
                       retry_on=DeadLetterError, event="dead_letter.retry",
                       partition=record.partition, offset=record.offset)  # fmt: skip

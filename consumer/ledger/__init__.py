@@ -107,9 +107,20 @@ class Ledger(Protocol):
         """A clean stop: give up every claim this owner still holds; returns how many."""
         ...
 
+    async def claim_dead_letter(
+        self, destination: str, key: str, payload_hash: str, *, owner: str, lease_s: float
+    ) -> State:
+        """Before writing a dead letter: CLAIMED (write it, then `mark_dead_lettered`), BUSY
+        (another live instance is writing it: ask again) or DEAD_LETTERED (written before).
+        So two instances reading the same record never both write its dead letter."""
+        ...
+
     async def mark_dead_lettered(
         self, destination: str, key: str, payload_hash: str, reason: str, *, owner: str
-    ) -> None: ...
+    ) -> None:
+        """The dead letter is written (Kafka acknowledged it); a delivery claim this owner held
+        on `key` ends with it."""
+        ...
 
     async def dead_lettered(
         self, destination: str, keys: Sequence[tuple[str, str]]

@@ -78,8 +78,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                destination   text NOT NULL,
                key           text NOT NULL,
                payload_hash  text NOT NULL,
+               state         text NOT NULL DEFAULT 'written'
+                             CHECK (state IN ('writing', 'written')),
                reason        text,
                owner         text,
+               claim_until   timestamptz NOT NULL DEFAULT 'epoch',
                at            timestamptz NOT NULL DEFAULT now(),
                PRIMARY KEY (destination, key, payload_hash)
            )""",
@@ -215,7 +218,7 @@ class PostgresLedger:
             return set()
         cursor = await conn.execute(
             """SELECT key, payload_hash FROM dead_letters
-               WHERE destination = %s AND key = ANY(%s)""",
+               WHERE destination = %s AND state = 'written' AND key = ANY(%s)""",
             (destination, sorted({key for key, _ in keys})),
         )
         found = {(key, payload_hash) for key, payload_hash in await cursor.fetchall()}
@@ -313,13 +316,48 @@ class PostgresLedger:
                 await self._release(conn, destination, numbers, owner)
         return len(claimed)
 
+    async def claim_dead_letter(
+        self, destination: str, key: str, payload_hash: str, *, owner: str, lease_s: float
+    ) -> State:
+        async with self._transaction("claim dead letter") as conn:
+            if await self._dead_lettered(conn, destination, [(key, payload_hash)]):
+                return State.DEAD_LETTERED
+            await conn.execute(
+                """INSERT INTO dead_letters (destination, key, payload_hash, state, owner,
+                       claim_until) VALUES (%s, %s, %s, 'writing', %s, 'epoch')
+                   ON CONFLICT (destination, key, payload_hash) DO NOTHING""",
+                (destination, key, payload_hash, owner),
+            )
+            cursor = await conn.execute(
+                """SELECT state, owner, claim_until > clock_timestamp() FROM dead_letters
+                   WHERE destination = %s AND key = %s AND payload_hash = %s FOR UPDATE""",
+                (destination, key, payload_hash),
+            )
+            row = await cursor.fetchone()
+            assert row is not None  # inserted above or there already
+            state, row_owner, live = row
+            if state == "written":
+                return State.DEAD_LETTERED
+            if row_owner != owner and live:
+                return State.BUSY
+            await conn.execute(
+                """UPDATE dead_letters SET owner = %s,
+                       claim_until = clock_timestamp() + make_interval(secs => %s)
+                   WHERE destination = %s AND key = %s AND payload_hash = %s""",
+                (owner, lease_s, destination, key, payload_hash),
+            )
+            return State.CLAIMED
+
     async def mark_dead_lettered(
         self, destination: str, key: str, payload_hash: str, reason: str, *, owner: str
     ) -> None:
         async with self._transaction("mark dead-lettered") as conn:
             await conn.execute(
-                """INSERT INTO dead_letters (destination, key, payload_hash, reason, owner)
-                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                """INSERT INTO dead_letters (destination, key, payload_hash, state, reason,
+                       owner) VALUES (%s, %s, %s, 'written', %s, %s)
+                   ON CONFLICT (destination, key, payload_hash) DO UPDATE SET
+                       state = 'written', reason = excluded.reason, owner = excluded.owner,
+                       at = now(), claim_until = 'epoch'""",
                 (destination, key, payload_hash, reason, owner),
             )
             await self._lock_rows(conn, destination, [key])
@@ -343,7 +381,8 @@ class PostgresLedger:
                 figures[destination] = {"delivered": int(delivered), "claimed": int(claimed),
                                         "taken_over": int(taken_over)}  # fmt: skip
             cursor = await conn.execute(
-                "SELECT destination, count(*) FROM dead_letters GROUP BY destination"
+                "SELECT destination, count(*) FROM dead_letters WHERE state = 'written' "
+                "GROUP BY destination"
             )
             for destination, dead_lettered in await cursor.fetchall():
                 figures.setdefault(destination, {})["dead_lettered"] = int(dead_lettered)

@@ -48,8 +48,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     destination   TEXT NOT NULL,
     key           TEXT NOT NULL,             -- order number, or topic/partition@offset
     payload_hash  TEXT NOT NULL,             -- '*': every payload of the key
+    state         TEXT NOT NULL DEFAULT 'written' CHECK (state IN ('writing', 'written')),
     reason        TEXT,
     owner         TEXT,
+    claim_until   REAL NOT NULL DEFAULT 0,   -- while 'writing': the writer's lease
     at            REAL,
     PRIMARY KEY (destination, key, payload_hash)
 ) WITHOUT ROWID;
@@ -218,7 +220,7 @@ class SqliteLedger:
             marks = ",".join("?" * len(chunk))
             cursor = self._db.execute(
                 "SELECT key, payload_hash FROM dead_letters "  # noqa: S608
-                f"WHERE destination = ? AND key IN ({marks})",
+                f"WHERE destination = ? AND state = 'written' AND key IN ({marks})",
                 (destination, *chunk),
             )
             found.update(cursor)
@@ -290,13 +292,46 @@ class SqliteLedger:
         self._write(release_all)
         return released
 
+    async def claim_dead_letter(
+        self, destination: str, key: str, payload_hash: str, *, owner: str, lease_s: float
+    ) -> State:
+        now = time.time()
+        decided = State.CLAIMED
+
+        def claim() -> None:
+            nonlocal decided
+            if self._dead_lettered(destination, [(key, payload_hash)]):
+                decided = State.DEAD_LETTERED
+                return
+            row = self._db.execute(
+                """SELECT owner, claim_until FROM dead_letters WHERE destination = ? AND key = ?
+                   AND payload_hash = ? AND state = 'writing'""",
+                (destination, key, payload_hash),
+            ).fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                decided = State.BUSY
+                return
+            self._db.execute(
+                """INSERT INTO dead_letters (destination, key, payload_hash, state, owner,
+                       claim_until) VALUES (?, ?, ?, 'writing', ?, ?)
+                   ON CONFLICT (destination, key, payload_hash) DO UPDATE SET
+                       owner = excluded.owner, claim_until = excluded.claim_until""",
+                (destination, key, payload_hash, owner, now + lease_s),
+            )
+
+        self._write(claim)
+        return decided
+
     async def mark_dead_lettered(
         self, destination: str, key: str, payload_hash: str, reason: str, *, owner: str
     ) -> None:
         def insert() -> None:
             self._db.execute(
-                """INSERT INTO dead_letters (destination, key, payload_hash, reason, owner, at)
-                   VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                """INSERT INTO dead_letters (destination, key, payload_hash, state, reason,
+                       owner, at) VALUES (?, ?, ?, 'written', ?, ?, ?)
+                   ON CONFLICT (destination, key, payload_hash) DO UPDATE SET
+                       state = 'written', reason = excluded.reason, owner = excluded.owner,
+                       at = excluded.at, claim_until = 0""",
                 (destination, key, payload_hash, reason, owner, time.time()),
             )
             self._release(destination, [key], owner)
@@ -322,7 +357,8 @@ class SqliteLedger:
                 figures[destination] = {"delivered": delivered, "claimed": claimed,
                                         "taken_over": int(taken_over)}  # fmt: skip
             for destination, dead_lettered in self._db.execute(
-                "SELECT destination, count(*) FROM dead_letters GROUP BY destination"
+                "SELECT destination, count(*) FROM dead_letters WHERE state = 'written' "
+                "GROUP BY destination"
             ):
                 figures.setdefault(destination, {})["dead_lettered"] = dead_lettered
         except sqlite3.Error as exc:

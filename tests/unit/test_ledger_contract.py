@@ -252,3 +252,21 @@ def test_a_first_schema_sqlite_ledger_is_migrated_with_its_facts(tmp_path) -> No
         await ledger.close()
 
     run(scenario())
+
+
+def test_one_instance_writes_a_dead_letter_and_the_other_waits_then_skips_it(ledger) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        claim = ledger.claim_dead_letter
+        assert await claim("*", "orders/2@2", ANY_PAYLOAD, owner=A, lease_s=60) == State.CLAIMED
+        assert await claim("*", "orders/2@2", ANY_PAYLOAD, owner=B, lease_s=60) == State.BUSY
+        await ledger.mark_dead_lettered("*", "orders/2@2", ANY_PAYLOAD, "not Avro", owner=A)
+        assert await claim("*", "orders/2@2", ANY_PAYLOAD, owner=B, lease_s=60) == (
+            State.DEAD_LETTERED
+        )
+        # A writer that died mid-write: its claim expires and another one writes the letter.
+        assert await claim("nibble", "7", "h", owner=A, lease_s=0.1) == State.CLAIMED
+        assert await ledger.dead_lettered("nibble", [("7", "h")]) == set()
+        await asyncio.sleep(0.15)
+        assert await claim("nibble", "7", "h", owner=B, lease_s=60) == State.CLAIMED
+
+    run(scenario())
