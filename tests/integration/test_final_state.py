@@ -226,6 +226,7 @@ def test_generated_streams_end_as_the_model_says(
 
 @long_tier
 @pytest.mark.model_long
+@pytest.mark.timeout(120 * 10 * SCALE)  # every example is a few consumer runs
 @thorough(examples=10 * SCALE)
 @given(scenario=scenarios(max_orders=25, max_later=4, processes=False))
 def test_long_generated_streams_end_as_the_model_says(
@@ -246,6 +247,7 @@ def test_generated_streams_survive_kills_and_group_members(
 
 @long_tier
 @pytest.mark.model_long
+@pytest.mark.timeout(240 * 4 * SCALE)
 @thorough(examples=4 * SCALE)
 @given(scenario=scenarios(max_orders=20, max_later=3, processes=True))
 def test_long_generated_streams_survive_kills_and_group_members(
