@@ -9,9 +9,9 @@ the database's clock, so instances with skewed clocks agree on when a lease has 
 Unlike SQLite, opening never expires anyone's leases: other live instances hold them. A crashed
 instance's claims are taken over once their leases run out (and counted as `taken_over`).
 
-One connection, used by one coroutine at a time (an asyncio.Lock); each call is one short
-transaction. A connection that broke is replaced on the next call, so the caller's retry of a
-`LedgerError` is all that is needed to ride out a database restart.
+A small pool of connections (`POOL_SIZE`), one per call in progress; each call is one short
+transaction. A connection that broke is dropped and replaced on the next call, so the caller's
+retry of a `LedgerError` is all that is needed to ride out a database restart.
 """
 
 from __future__ import annotations
@@ -105,14 +105,16 @@ MIGRATION_LOCK = 0x6F72_6465_726C_6467  # any constant: every instance takes the
 LOCK_TIMEOUT = "10s"
 IDLE_IN_TRANSACTION_TIMEOUT = "30s"
 CLAIM_ROUNDS = 5  # a row released between our insert and our lock is inserted again
+POOL_SIZE = 4  # connections per process: the lanes, the dead-letter office and the metrics
 
 
 class PostgresLedger:
     def __init__(self, conninfo: str, target: str, connection: Connection) -> None:
         self._conninfo = conninfo
         self._target = target  # the URL without its password, for messages
-        self._conn: Connection | None = connection
-        self._lock = asyncio.Lock()
+        self._idle: list[Connection] = [connection]
+        self._slots = asyncio.Semaphore(POOL_SIZE)
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, url: str, *, create: bool = True) -> PostgresLedger:
@@ -389,31 +391,46 @@ class PostgresLedger:
         return LedgerStats({d: DestinationStats(**f) for d, f in sorted(figures.items())})
 
     async def close(self) -> None:
-        async with self._lock:
-            if self._conn is not None:
-                await self._conn.close()
-                self._conn = None
+        for _ in range(POOL_SIZE):  # wait until every transaction in progress is done
+            await self._slots.acquire()
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     @asynccontextmanager
     async def _transaction(self, what: str) -> AsyncIterator[Connection]:
-        async with self._lock:
+        """One short transaction on a pooled connection: the lanes' claims and marks run side
+        by side instead of queueing behind one connection."""
+        async with self._slots:
+            conn: Connection | None = None
             try:
                 conn = await self._connection()
                 async with conn.transaction():
                     yield conn
             except psycopg.Error as exc:
                 raise LedgerError(f"ledger {what} failed on {self._target}: {exc}") from exc
+            finally:
+                if conn is not None:
+                    self._give_back(conn)
 
     async def _connection(self) -> Connection:
-        """The connection, replaced when it broke or was left mid-transaction (cancelled)."""
-        conn = self._conn
-        if conn is not None:
+        """An idle connection of the pool, or a new one."""
+        while self._idle:
+            conn = self._idle.pop()
             if not conn.broken and conn.info.transaction_status is TransactionStatus.IDLE:
                 return conn
             await conn.close()
-            self._conn = None
-        self._conn = await _connect(self._conninfo, self._target)
-        return self._conn
+        return await _connect(self._conninfo, self._target)
+
+    def _give_back(self, conn: Connection) -> None:
+        # A connection left mid-transaction (a cancelled call) or broken is dropped, not reused.
+        if not conn.broken and conn.info.transaction_status is TransactionStatus.IDLE:
+            self._idle.append(conn)
+        else:
+            task = asyncio.get_running_loop().create_task(conn.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
 
 async def _check_version(conn: Connection, target: str) -> None:
