@@ -115,6 +115,14 @@ class Ticket:
         return self.record.offset
 
     @property
+    def topic(self) -> str:
+        return self.record.topic
+
+    @property
+    def timestamp(self) -> int:
+        return self.record.timestamp
+
+    @property
     def abandoned(self) -> bool:
         return self.progress.revoked
 

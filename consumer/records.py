@@ -36,6 +36,7 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: int = -1  # the record's timestamp (ms since the epoch); -1: none
 
     @property
     def coordinates(self) -> str:

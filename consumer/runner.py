@@ -16,7 +16,14 @@ import logging
 import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from consumer.config import Settings
 from consumer.errors import ConsumerError
@@ -97,9 +104,10 @@ class KafkaSource:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is None or partition is None or offset is None:
                 continue  # only error events lack these, and those were handled above
+            kind, timestamp = message.timestamp()
             records.append(
                 RawRecord(topic, partition, offset, message.key(), message.value(),
-                          _headers(message))
+                          _headers(message), timestamp if kind != TIMESTAMP_NOT_AVAILABLE else -1)
             )  # fmt: skip
         if records:
             self._error = None  # fetching works: whatever was wrong is over

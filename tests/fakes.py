@@ -31,10 +31,12 @@ class MemoryTopic:
         self.name = name
         self.partitions: dict[int, list[RawRecord]] = {p: [] for p in range(partitions)}
         self.committed: dict[str, dict[int, int]] = {}
+        self.clock = 1_790_000_000_000
 
     def append(self, partition: int, key: bytes | None, value: bytes | None) -> RawRecord:
         records = self.partitions[partition]
-        record = RawRecord(self.name, partition, len(records), key, value)
+        self.clock += 1  # ms: the producer's clock, one tick a record
+        record = RawRecord(self.name, partition, len(records), key, value, (), self.clock)
         records.append(record)
         return record
 

@@ -66,6 +66,12 @@ class Ticket(Protocol):
     def offset(self) -> int: ...
 
     @property
+    def topic(self) -> str: ...
+
+    @property
+    def timestamp(self) -> int: ...
+
+    @property
     def abandoned(self) -> bool:
         """True once the record's partition was revoked: its outcome can move no offset."""
         ...
@@ -103,8 +109,9 @@ class _Send:
 
     def request(self) -> ClaimRequest:
         """The claim, from the latest record sharing this payload."""
-        last = max(self.tickets, key=lambda t: t.offset)
-        return ClaimRequest(self.order_number, self.payload_hash, last.partition, last.offset)
+        last = max(self.tickets, key=lambda t: (t.timestamp, t.offset))
+        return ClaimRequest(self.order_number, self.payload_hash, last.partition, last.offset,
+                            last.topic, last.timestamp)  # fmt: skip
 
 
 def payload_hash(payload: Payload) -> str:

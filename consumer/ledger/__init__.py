@@ -41,10 +41,15 @@ class State(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
+    """An order's payload to claim, and the event it came from (so an older event never
+    overwrites a newer one: by offset within a partition, by record timestamp across)."""
+
     order_number: str
     payload_hash: str
-    partition: int = -1  # the event's position, so an older event never overwrites a newer
+    partition: int = -1
     offset: int = -1
+    topic: str = ""
+    timestamp: int = -1  # the record's timestamp, ms since the epoch; -1: unknown
 
 
 @dataclass(frozen=True, slots=True)

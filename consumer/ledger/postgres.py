@@ -62,8 +62,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                destination       text NOT NULL,
                order_number      text NOT NULL,
                payload_hash      text,
+               source_topic      text,
                source_partition  integer,
                source_offset     bigint,
+               source_timestamp  bigint,
                delivered_at      timestamptz,
                claim_owner       text,
                claim_until       timestamptz NOT NULL DEFAULT 'epoch',
@@ -199,8 +201,9 @@ class PostgresLedger:
         rows: dict[str, Row] = {}
         if numbers:
             cursor = await conn.execute(
-                """SELECT order_number, payload_hash, source_partition, source_offset,
-                           claim_owner, extract(epoch FROM claim_until)::float8
+                """SELECT order_number, payload_hash, source_topic, source_partition,
+                           source_offset, source_timestamp, claim_owner,
+                           extract(epoch FROM claim_until)::float8
                     FROM deliveries WHERE destination = %s AND order_number = ANY(%s)
                     ORDER BY order_number COLLATE "C" FOR UPDATE""",
                 (destination, list(numbers)),
@@ -260,24 +263,28 @@ class PostgresLedger:
             held = [
                 latest[n]
                 for n in numbers
-                if (row := rows.get(n)) is None
-                or not is_older(latest[n], row.source_partition, row.source_offset)
+                if (row := rows.get(n)) is None or not is_older(latest[n], row)
             ]
             if held:
                 await conn.execute(
                     """INSERT INTO deliveries AS d (destination, order_number, payload_hash,
-                           source_partition, source_offset, delivered_at)
-                       SELECT %s, t.number, t.hash, t.part, t.off, clock_timestamp()
-                       FROM unnest(%s::text[], %s::text[], %s::int[], %s::bigint[])
-                            AS t(number, hash, part, off)
+                           source_topic, source_partition, source_offset, source_timestamp,
+                           delivered_at)
+                       SELECT %s, t.number, t.hash, t.topic, t.part, t.off, t.ts,
+                              clock_timestamp()
+                       FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::bigint[],
+                                   %s::bigint[]) AS t(number, hash, topic, part, off, ts)
                        ON CONFLICT (destination, order_number) DO UPDATE SET
                            payload_hash = excluded.payload_hash,
+                           source_topic = excluded.source_topic,
                            source_partition = excluded.source_partition,
                            source_offset = excluded.source_offset,
+                           source_timestamp = excluded.source_timestamp,
                            delivered_at = excluded.delivered_at""",
                     (destination, [r.order_number for r in held],
-                     [r.payload_hash for r in held], [r.partition for r in held],
-                     [r.offset for r in held]),
+                     [r.payload_hash for r in held], [r.topic for r in held],
+                     [r.partition for r in held], [r.offset for r in held],
+                     [r.timestamp for r in held]),
                 )  # fmt: skip
             await self._release(conn, destination, numbers, owner)
 

@@ -10,8 +10,10 @@ from consumer.ledger import ClaimRequest, State
 @dataclass(frozen=True, slots=True)
 class Row:
     payload_hash: str | None  # what the vendor holds; None: nothing delivered yet
+    source_topic: str | None  # the event that payload came from
     source_partition: int | None
     source_offset: int | None
+    source_timestamp: int | None
     claim_owner: str | None
     claim_until: float
 
@@ -49,7 +51,7 @@ def decide(
     if force:
         return State.CLAIMED, foreign
     if row.payload_hash is not None:
-        if is_older(request, row.source_partition, row.source_offset):
+        if is_older(request, row):
             return State.STALE, False
         if row.payload_hash == request.payload_hash:
             return State.DELIVERED, False
@@ -60,13 +62,13 @@ def decide(
     return State.CLAIMED, foreign
 
 
-def is_older(request: ClaimRequest, partition: int | None, offset: int | None) -> bool:
-    """Is the request's event older than the event at (partition, offset)? Only events of the
-    same partition are comparable (an order's events share its key's partition); a payload
-    from an older event never replaces a newer one."""
-    return (
-        request.offset >= 0
-        and offset is not None
-        and partition == request.partition
-        and request.offset < offset
-    )
+def is_older(request: ClaimRequest, row: Row) -> bool:
+    """Is the request's event older than the one whose payload the vendor holds? Within one
+    partition of one topic the offsets say; across partitions or topics (an order re-keyed,
+    partitions added, a new topic) only the records' timestamps can, and an equal or unknown
+    timestamp is not older: when in doubt the event is judged on its payload."""
+    if request.offset < 0 or row.source_offset is None:
+        return False
+    if request.topic == row.source_topic and request.partition == row.source_partition:
+        return request.offset < row.source_offset
+    return 0 <= request.timestamp < (row.source_timestamp if row.source_timestamp else -1)

@@ -32,8 +32,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     destination       TEXT NOT NULL,
     order_number      TEXT NOT NULL,
     payload_hash      TEXT,              -- what the vendor holds; NULL: nothing yet
-    source_partition  INTEGER,           -- the event that payload came from
+    source_topic      TEXT,              -- the event that payload came from
+    source_partition  INTEGER,
     source_offset     INTEGER,
+    source_timestamp  INTEGER,           -- its record timestamp, ms
     delivered_at      REAL,
     claim_owner       TEXT,
     claim_until       REAL NOT NULL DEFAULT 0,
@@ -202,8 +204,9 @@ class SqliteLedger:
         for chunk in _chunks(order_numbers):
             marks = ",".join("?" * len(chunk))
             cursor = self._db.execute(
-                "SELECT order_number, payload_hash, source_partition, source_offset, "  # noqa: S608
-                f"claim_owner, claim_until FROM deliveries WHERE destination = ? "
+                "SELECT order_number, payload_hash, source_topic, source_partition, "  # noqa: S608
+                "source_offset, source_timestamp, claim_owner, claim_until FROM deliveries "
+                f"WHERE destination = ? "
                 f"AND order_number IN ({marks})",
                 (destination, *chunk),
             )
@@ -235,18 +238,21 @@ class SqliteLedger:
             self._db.execute("BEGIN IMMEDIATE")
             rows = self._rows(destination, [r.order_number for r in requests])
             held = [
-                (r.payload_hash, r.partition, r.offset, now, destination, r.order_number)
+                (r.payload_hash, r.topic, r.partition, r.offset, r.timestamp, now, destination,
+                 r.order_number)
                 for r in requests
-                if (row := rows.get(r.order_number)) is None
-                or not is_older(r, row.source_partition, row.source_offset)
-            ]
+                if (row := rows.get(r.order_number)) is None or not is_older(r, row)
+            ]  # fmt: skip
             self._db.executemany(
-                """INSERT INTO deliveries (payload_hash, source_partition, source_offset,
-                       delivered_at, destination, order_number) VALUES (?, ?, ?, ?, ?, ?)
+                """INSERT INTO deliveries (payload_hash, source_topic, source_partition,
+                       source_offset, source_timestamp, delivered_at, destination, order_number)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (destination, order_number) DO UPDATE SET
                        payload_hash = excluded.payload_hash,
+                       source_topic = excluded.source_topic,
                        source_partition = excluded.source_partition,
                        source_offset = excluded.source_offset,
+                       source_timestamp = excluded.source_timestamp,
                        delivered_at = excluded.delivered_at""",
                 held,
             )

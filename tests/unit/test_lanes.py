@@ -167,7 +167,9 @@ def test_the_dead_letter_brake_pauses_a_destination_that_rejects_everything(ledg
     def braked_then_fixed() -> bool:
         lane = deployment.lanes[0].snapshot()
         if "written" not in seen:
-            if len(fine.holds()) == 200 and lane["brake"]["held"] > 0:
+            # The tenth dead letter trips the brake: nine are written, the rest wait.
+            written = len(deployment.sink.letters)
+            if len(fine.holds()) == 200 and lane["brake"]["held"] > 0 and written == 9:
                 seen.update(snapshot=lane, written=len(deployment.sink.letters),
                             committed=sum(deployment.committed("broken").values()))  # fmt: skip
                 broken.reject.clear()  # the vendor is fixed: a probe passes, the brake releases

@@ -96,7 +96,7 @@ def test_an_older_event_never_rolls_the_vendor_back(ledger) -> None:  # type: ig
         older = await ledger.claim("custobar", [req("5", "complete", offset=4)], owner=B,
                                    lease_s=60, resend_changed=True)  # fmt: skip
         assert older == {"5": State.STALE}
-        # Another partition's offsets are not comparable: the ordinary rules apply.
+        # Another partition's offsets are not comparable (and no timestamps): judged on payload.
         elsewhere = await ledger.claim("custobar", [req("5", "complete", 4, partition=2)],
                                        owner=B, lease_s=60, resend_changed=True)  # fmt: skip
         assert elsewhere == {"5": State.CLAIMED}
@@ -105,6 +105,26 @@ def test_an_older_event_never_rolls_the_vendor_back(ledger) -> None:  # type: ig
         again = await ledger.claim("custobar", [req("5", "cancelled", offset=9)], owner=A,
                                    lease_s=60, resend_changed=True)  # fmt: skip
         assert again == {"5": State.DELIVERED}
+
+    run(scenario())
+
+
+def test_across_partitions_and_topics_the_record_timestamps_decide(ledger) -> None:  # type: ignore[no-untyped-def]
+    """An order re-keyed, partitions added, or a new topic: a replay of the older event on
+    another partition (or topic) must not roll the vendor back either."""
+
+    def at(hash_: str, topic: str, partition: int, offset: int, ts: int) -> ClaimRequest:
+        return ClaimRequest("9", hash_, partition, offset, topic, ts)
+
+    async def scenario() -> None:
+        await deliver(ledger, "custobar", at("cancelled", "orders", 1, 3, ts=2_000))
+        for older in (at("complete", "orders", 0, 50, ts=1_000),
+                      at("complete", "orders.v2", 1, 0, ts=1_000)):  # fmt: skip
+            assert await ledger.claim("custobar", [older], owner=B, lease_s=60,
+                                      resend_changed=True) == {"9": State.STALE}  # fmt: skip
+        newer = at("returned", "orders.v2", 0, 0, ts=3_000)
+        assert await ledger.claim("custobar", [newer], owner=B, lease_s=60,
+                                  resend_changed=True) == {"9": State.CLAIMED}  # fmt: skip
 
     run(scenario())
 

@@ -60,6 +60,8 @@ class RecordTicket:
     partition: int
     offset: int
     abandoned: bool = False
+    topic: str = "orders"
+    timestamp: int = -1
     outcomes: list[Outcome] = field(default_factory=list)
     errors: list[RejectedError | None] = field(default_factory=list)
     told: asyncio.Event = field(default_factory=asyncio.Event)
@@ -308,7 +310,7 @@ def test_a_replayed_older_event_never_rolls_the_vendor_back(ledger) -> None:  # 
 
     async def scenario() -> list[Outcome]:
         later = payload("A", "cancelled")
-        request = ClaimRequest("A", payload_hash(later), 0, 7)
+        request = ClaimRequest("A", payload_hash(later), 0, 7, "orders")
         await ledger.claim("fake", [request], owner="old", lease_s=60)
         await ledger.mark_delivered("fake", [request], owner="old")
         w = worker(vendor, ledger)
