@@ -31,6 +31,7 @@ from consumer.registry import SchemaRegistry
 __all__ = ["Decoder", "SchemaRegistry", "load_schema", "to_order"]
 
 MAGIC = 0
+MAX_ORDER_NUMBER = 200
 SHARED_MAX = 4096  # decoded records kept for the other lanes
 HEADER = struct.Struct(">bI")
 ONE_CENT = Decimal("0.01")
@@ -155,6 +156,12 @@ def to_order(record: Mapping[str, Any]) -> Order:
     number = (record.get("order_number") or "").strip()
     if not number:
         raise InvalidOrderError("order_number is empty")
+    if len(number) > MAX_ORDER_NUMBER or not number.isprintable():
+        # It keys the ledger, the vendors' ids and the dead letters: a megabyte, a NUL or a
+        # line break there is a producer's error, refused before it can block a batch.
+        raise InvalidOrderError(
+            f"order_number is longer than {MAX_ORDER_NUMBER} characters or not printable"
+        )
     currency = record["currency"]
     if not (
         len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()

@@ -27,7 +27,7 @@ from psycopg.rows import TupleRow
 
 from consumer.errors import LedgerError
 from consumer.ledger import ANY_PAYLOAD, ClaimRequest, DestinationStats, LedgerStats, State
-from consumer.ledger.rules import Row, decide, is_older
+from consumer.ledger.rules import Row, decide, is_older, storable
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
@@ -367,7 +367,7 @@ class PostgresLedger:
                    ON CONFLICT (destination, key, payload_hash) DO UPDATE SET
                        state = 'written', reason = excluded.reason, owner = excluded.owner,
                        at = now(), claim_until = 'epoch'""",
-                (destination, key, payload_hash, reason, owner),
+                (destination, key, payload_hash, storable(reason), owner),
             )
             await self._lock_rows(conn, destination, [key])
             await self._release(conn, destination, [key], owner)

@@ -72,3 +72,9 @@ def is_older(request: ClaimRequest, row: Row) -> bool:
     if request.topic == row.source_topic and request.partition == row.source_partition:
         return request.offset < row.source_offset
     return 0 <= request.timestamp < (row.source_timestamp if row.source_timestamp else -1)
+
+
+def storable(text: str) -> str:
+    """Text every backend's columns can hold: PostgreSQL refuses NUL in text, so no backend
+    stores one (a vendor's message quoted in a dead-letter reason may carry it)."""
+    return text.replace("\x00", "")

@@ -24,7 +24,7 @@ from consumer.ledger import (
     LedgerStats,
     State,
 )
-from consumer.ledger.rules import Row, decide, is_older
+from consumer.ledger.rules import Row, decide, is_older, storable
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -338,7 +338,7 @@ class SqliteLedger:
                    ON CONFLICT (destination, key, payload_hash) DO UPDATE SET
                        state = 'written', reason = excluded.reason, owner = excluded.owner,
                        at = excluded.at, claim_until = 0""",
-                (destination, key, payload_hash, reason, owner, time.time()),
+                (destination, key, payload_hash, storable(reason), owner, time.time()),
             )
             self._release(destination, [key], owner)
 

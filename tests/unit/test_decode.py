@@ -181,3 +181,12 @@ def test_lanes_of_one_process_share_one_decode_per_record(monkeypatch: pytest.Mo
         decoder.decode_shared(("orders", 0, 8), b"\x01\x02")
     with pytest.raises(UndecodableError):
         decoder.decode_shared(("orders", 0, 8), b"\x01\x02")
+
+
+@pytest.mark.parametrize("number", ["SO-" + "9" * 6000, "SO-1\x00", "SO-1\nSO-2"])
+def test_an_order_number_no_ledger_or_vendor_can_key_is_an_invalid_order(number: str) -> None:
+    """A 6,000-character order number blocked PostgreSQL's index; a NUL, its text columns."""
+    order = {**sample_orders(1)[0], "order_number": number}
+    decoder = Decoder(reader_schema=load_schema(), writer_schema=load_schema())
+    with pytest.raises(InvalidOrderError, match="order_number is longer than"):
+        decoder.decode_now(encode_schemaless(order, load_schema()))
