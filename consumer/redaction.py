@@ -96,7 +96,9 @@ class Redactor:
     def _literals(self, values: Iterable[str]) -> tuple[list[str], re.Pattern[str] | None]:
         """Literals to replace anywhere (longest first, so one containing another goes whole),
         and a whole-word pattern for two- and three-character values (`CA`, `Li`)."""
-        given = {v.strip() for v in values}
+        # Each value also as a text that collapsed its whitespace would show it ("Mary  Jane",
+        # "Saint\u00a0Denis" read as "Mary Jane", "Saint Denis").
+        given = {form for v in values for form in (v.strip(), " ".join(v.split()))}
         if not given:  # the common case: a log line, no order at hand
             return self._sorted_secrets, None
         long = self._secrets | {v for v in given if len(v) >= 4}

@@ -281,10 +281,11 @@ def _personal_values(sent: JSON, depth: int = 0) -> Iterator[str]:
     elif isinstance(sent, dict):
         for key, value in sent.items():
             if key in PERSONAL_FIELDS and isinstance(value, str) and len(value.strip()) >= 2:
-                yield value
-                escaped = json.dumps(value)[1:-1]  # as a vendor re-serialising it would write it
-                if escaped != value:
-                    yield escaped
+                # As sent, as a vendor re-serialising it would write it, and as the one-line
+                # text `scrub` makes of the answer shows it (whitespace collapsed).
+                for form in (value, json.dumps(value)[1:-1]):
+                    yield form
+                    yield " ".join(form.split())
             else:
                 yield from _personal_values(value, depth + 1)
 

@@ -422,3 +422,33 @@ def test_each_body_is_the_documented_document_of_the_entries_serialised_once(ven
     for outbound in batch(3):
         for encoded in outbound.encoded:
             assert encoded in request.content
+
+
+@pytest.mark.parametrize("vendor", CLIENTS)
+def test_an_echoed_value_with_odd_whitespace_is_scrubbed_too(vendor):
+    """The error is made one line (whitespace collapsed): "Mary  Jane" and "Saint Denis" with a
+    non-breaking space must be recognised in that form as well."""
+    odd = {"first_name": "Mary  Jane", "city": "Saint\u00a0Denis", "last_name": "Brightwater",
+           "email": "mary@example.com", "order_id": 1}  # fmt: skip
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        text = request.content.decode()
+        return answer(400, {"message": f"Invalid: {text}", "errorMessage": f"Invalid: {text}",
+                            "error": {"reason": f"Invalid: {text}"},
+                            "errors": {"orders.0.email": [f"Invalid: {text}"]}})  # fmt: skip
+
+    destination = CLIENTS[vendor](Vendor(echo))
+
+    async def run() -> DeliveryError:
+        try:
+            await destination.send([Outbound.of("1", Payload((odd,)))], idempotency_key="k")
+        except DeliveryError as exc:
+            return exc
+        finally:
+            await destination.aclose()
+        raise AssertionError("the echo was accepted")
+
+    error = asyncio.run(run())
+    for text in [error.message, *getattr(error, "culprits", {}).values()]:
+        for personal in ("Mary Jane", "Mary  Jane", "Saint Denis", "Saint\u00a0Denis"):
+            assert personal not in text, text
