@@ -400,13 +400,11 @@ class Lane:
     async def _write_dead_letter(
         self, ticket: Ticket, letter: DeadLetter, key: str, payload_hash: str
     ) -> None:
-        if letter.destination == RECORD:
-            # A record that never became an order: counted by the office, once for all lanes.
-            await self._office.give_up(ticket.record, letter, key=key, payload_hash=payload_hash)
-            self._finish(ticket, Outcome.UNDECODABLE)
-            return
+        # A record that never became an order is counted by the office, once for all lanes;
+        # for the brake it counts in every lane (a wrong writer schema spoils them all).
+        settled = Outcome.UNDECODABLE if letter.destination == RECORD else None
         if await self._office.already(letter.destination, key, payload_hash):
-            self._finish(ticket, Outcome.ALREADY_DEAD_LETTERED)
+            self._finish(ticket, settled or Outcome.ALREADY_DEAD_LETTERED)
             return
         if self._brake.tripped:
             self._hold(ticket, letter)
@@ -418,7 +416,7 @@ class Lane:
             return
         outcome = await self._office.give_up(ticket.record, letter, key=key,
                                              payload_hash=payload_hash)  # fmt: skip
-        self._finish(ticket, Outcome(outcome))
+        self._finish(ticket, settled or Outcome(outcome))
 
     def _finish(self, ticket: Ticket, outcome: Outcome) -> None:
         if ticket.done:

@@ -219,3 +219,18 @@ def test_in_flight_is_bounded_by_bytes_as_well_as_records(ledger) -> None:  # ty
     # Fetching pauses at the bound; one poll may overshoot it by at most one batch of records.
     assert 0 < max(peaks) <= 4096 + 3 * record_size
     assert sum(deployment.committed("slow").values()) == 0
+
+
+def test_a_topic_that_mostly_does_not_decode_trips_the_brake_instead_of_emptying_itself(
+    ledger,  # type: ignore[no-untyped-def]
+) -> None:
+    """A wrong writer schema (a settings problem) would dead-letter the whole topic: the brake
+    stops it after a few, and the offsets stay where they are."""
+    topic = MemoryTopic(partitions=1)
+    for n in range(60):
+        topic.append(0, f"k{n}".encode(), b"\x02\x01not what the schema says")
+    deployment = Deployment(topic, [Vendor("a")], ledger, brake=(0.5, 50, 10))
+    asyncio.run(deployment.run(until=lambda: deployment.lanes[0].snapshot()["brake"]["held"] > 0
+                               and len(deployment.sink.letters) == 9))  # fmt: skip
+    assert deployment.lanes[0].snapshot()["brake"]["tripped"]
+    assert deployment.committed("a").get(0, 0) <= 9
