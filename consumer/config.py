@@ -33,6 +33,9 @@ RESERVED_KAFKA_SETTINGS = frozenset(
         # The classic protocol's cooperative-sticky assignment is what the runner relies on.
         "group.protocol",
         "on_commit",
+        # The dead-letter producer is idempotent, not transactional: a transactional id would
+        # make every dead-letter write fail.
+        "transactional.id",
     }
 )
 MIB = 1024 * 1024
@@ -233,7 +236,19 @@ class Settings:
 
 
 def _looks_secret(name: str) -> bool:
-    return any(word in name for word in ("password", "secret", "token", "key"))
+    """A librdkafka setting whose value must never be shown: passwords, keys, OAUTHBEARER and
+    JAAS configurations (which embed client secrets), PEM material."""
+    words = ("password", "secret", "token", "key", "oauthbearer.config", "jaas", "pem")
+    return any(word in name for word in words)
+
+
+class KafkaSettings(dict[str, str]):
+    """The librdkafka passthrough; its `repr` (in the settings' repr, a traceback, a debugger)
+    hides every value that looks secret."""
+
+    def __repr__(self) -> str:
+        shown = {k: "**********" if _looks_secret(k) else v for k, v in self.items()}
+        return f"KafkaSettings({shown!r})"
 
 
 class _Reader:
@@ -330,8 +345,8 @@ class _Reader:
             self.fail(problem)
 
 
-def _kafka_passthrough(env: Mapping[str, str], r: _Reader) -> dict[str, str]:
-    settings: dict[str, str] = {}
+def _kafka_passthrough(env: Mapping[str, str], r: _Reader) -> KafkaSettings:
+    settings = KafkaSettings()
     for key, value in env.items():
         if not key.startswith(KAFKA_PASSTHROUGH):
             continue
@@ -366,8 +381,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     writer_schema = Path(r.text("WRITER_SCHEMA", str(PACKAGED_SCHEMA)))
     reader_schema = Path(r.text("READER_SCHEMA", str(PACKAGED_SCHEMA)))
     for label, path in (("WRITER_SCHEMA", writer_schema), ("READER_SCHEMA", reader_schema)):
-        if not path.is_file():
-            r.fail(f"{PREFIX}{label}: no schema file at {path}")
+        r.check(rules.schema_problem(label, path))
 
     idempotency_secret = r.secret("IDEMPOTENCY_SECRET")
     if idempotency_secret is None or len(idempotency_secret.reveal()) < 16:
@@ -445,6 +459,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         r.fail(f"{PREFIX}LOG_FORMAT must be auto, json or console")
     r.check(rules.log_level_problem(settings.log_level))
     r.check(rules.ledger_url_problem(settings.ledger_url))
+    r.check(rules.topic_problem("TOPIC", settings.topic))
+    r.check(rules.topic_problem("DEAD_LETTER_TOPIC", settings.dead_letter_topic))
+    _check_timing(r, settings.delivery)
     if settings.dead_letter_topic == settings.topic:
         r.fail(
             f"{PREFIX}DEAD_LETTER_TOPIC must differ from {PREFIX}TOPIC: dead letters would be "
@@ -462,6 +479,18 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if r.problems:
         raise ConfigError("\n  ".join(r.problems))
     return settings
+
+
+def _check_timing(r: _Reader, d: DeliverySettings) -> None:
+    if d.retry_max_s < d.retry_initial_s:
+        r.fail(f"{PREFIX}RETRY_MAX_S must not be less than {PREFIX}RETRY_INITIAL_S")
+    if d.lease_s < 2 * d.http_timeout_s:
+        # A claim must outlive a request that is still being answered: shorter, and another
+        # member takes over an order whose request may yet succeed (sent twice).
+        r.fail(
+            f"{PREFIX}CLAIM_LEASE_S ({d.lease_s:g} s) must be at least twice "
+            f"{PREFIX}HTTP_TIMEOUT_S ({d.http_timeout_s:g} s)"
+        )
 
 
 def _site_key(r: _Reader) -> str | None:

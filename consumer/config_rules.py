@@ -9,11 +9,15 @@ secret: the messages end up on a terminal and in a pod's logs.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+import fastavro
+import fastavro.schema
 from confluent_kafka import Consumer, KafkaException, Producer
 
 from consumer.currencies import ACTIVE_CURRENCIES
@@ -59,6 +63,12 @@ def ledger_url_problem(url: str) -> str | None:
     if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         return f"{PREFIX}LEDGER_URL must be sqlite:///<path> or postgresql://..."
     if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if not path or path.startswith(":memory:") or path.startswith("file:"):
+            return (
+                f"{PREFIX}LEDGER_URL must name a file: a ledger in memory forgets every delivery "
+                "at a restart, and the next start sends everything again"
+            )
         return None
     try:
         parts = urlsplit(url)
@@ -74,6 +84,28 @@ def ledger_url_problem(url: str) -> str | None:
             f"{PREFIX}LEDGER_URL must not carry a password (not shown): libpq reads it from "
             "PGPASSWORD or PGPASSFILE (postgresql://user@host/db is fine)"
         )
+    return None
+
+
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def topic_problem(name: str, topic: str) -> str | None:
+    """Kafka's own rule for topic names (a regex subscription is not supported: it would take
+    in the dead-letter topic too)."""
+    if TOPIC_NAME.fullmatch(topic) is None or topic in (".", ".."):
+        return f"{PREFIX}{name} {topic!r} is not a Kafka topic name (1 to 249 of A-Z a-z 0-9 . _ -)"
+    return None
+
+
+def schema_problem(name: str, path: Path) -> str | None:
+    """The schema file must be an Avro schema; the service reads it at start."""
+    if not path.is_file():
+        return f"{PREFIX}{name}: no schema file at {path}"
+    try:
+        fastavro.parse_schema(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError, fastavro.schema.SchemaParseException) as exc:
+        return f"{PREFIX}{name}: {path} is not an Avro schema ({type(exc).__name__})"
     return None
 
 

@@ -17,6 +17,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from consumer.errors import ConsumerError
 from consumer.logs import get_logger
 
 log = get_logger(__name__)
@@ -92,7 +93,13 @@ class HealthServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        try:
+            self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        except OSError as exc:
+            raise ConsumerError(
+                f"cannot serve health and metrics on port {self._port}: {exc.strerror} "
+                "(CONSUMER_HEALTH_PORT)"
+            ) from None
         log.info("health.listening", port=self._port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

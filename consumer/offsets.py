@@ -47,6 +47,10 @@ class PartitionProgress:
                 self.committable = head + 1
         self._head_since = time.monotonic()
 
+    def oldest_unfinished(self) -> int | None:
+        """The offset of the oldest record fetched and not settled; None: none in flight."""
+        return self._started[0] if self._started else None
+
     def held_for(self, now: float) -> float:
         """How long the oldest unfinished record has held this partition's offset (0: none)."""
         return now - self._head_since if self._started else 0.0

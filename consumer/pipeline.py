@@ -62,7 +62,10 @@ class Source(Protocol):
 
     def commit(self) -> None: ...
 
-    def lag(self, partitions: list[int]) -> dict[int, int]: ...
+    def lag(self, unfinished: dict[int, int | None]) -> dict[int, int]:
+        """Per partition, records behind its end: from the oldest unfinished offset given, or
+        (None) from where fetching stands."""
+        ...
 
     @property
     def healthy(self) -> bool: ...
@@ -559,7 +562,9 @@ class Lane:
             "in_flight": self.in_flight,
             "in_flight_bytes": self.in_flight_bytes,
             "fetching_paused": self._paused,
-            "lag": self._source.lag(sorted(self._progress)),
+            "lag": self._source.lag(
+                {p: progress.oldest_unfinished() for p, progress in self._progress.items()}
+            ),
             "stalled_partitions": sorted(
                 p for p, s in held.items() if s >= self._limits.stalled_record_s
             ),

@@ -54,6 +54,9 @@ def enabled_destinations(settings: Settings) -> list[str]:
     return [name for name in DESTINATIONS if flags[name]]
 
 
+MAX_OFFSET = 2**63
+
+
 def parse_target(target: str) -> tuple[str, int]:
     """'earliest' | 'latest' | 'offset:N' | 'time:2026-11-01T00:00:00+00:00'."""
     if target == "earliest":
@@ -61,12 +64,16 @@ def parse_target(target: str) -> tuple[str, int]:
     if target == "latest":
         return "offset", OFFSET_END
     kind, _, value = target.partition(":")
-    if kind == "offset" and value.isdigit():
+    if kind == "offset" and value.isascii() and value.isdigit():
+        if int(value) >= MAX_OFFSET:
+            raise ValueError(f"offset {value} is beyond any Kafka offset (< 2**63)")
         return "offset", int(value)
     if kind == "time":
         moment = datetime.fromisoformat(value)
         if moment.tzinfo is None:
             raise ValueError("a rewind time needs a zone, e.g. 2026-11-01T00:00:00+00:00")
+        if moment.timestamp() < 0:
+            raise ValueError("a rewind time is after 1970-01-01 (Kafka's timestamps start there)")
         return "time", int(moment.timestamp() * 1000)
     raise ValueError(f"unknown rewind target {target!r}")
 

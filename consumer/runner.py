@@ -138,19 +138,21 @@ class KafkaSource:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("offsets.commit_failed", group=self._group, error=str(exc))
 
-    def lag(self, partitions: list[int]) -> dict[int, int]:
-        """Records behind the end of each partition, from cached watermarks (no broker call)."""
-        if not partitions:
+    def lag(self, unfinished: dict[int, int | None]) -> dict[int, int]:
+        """Records not yet settled behind the end of each partition: from the oldest record in
+        flight, or from the fetch position when none is. Cached watermarks: no broker call."""
+        if not unfinished:
             return {}
-        tps = [TopicPartition(self._topic, p) for p in partitions]
+        tps = [TopicPartition(self._topic, p) for p in sorted(unfinished)]
         lag: dict[int, int] = {}
         try:
-            positions = self._consumer.position(tps)
-            for tp in positions:
+            for tp in self._consumer.position(tps):
                 _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0 and tp.offset >= 0:
-                    lag[tp.partition] = max(0, high - tp.offset)
-        except KafkaException:
+                done_before = unfinished[tp.partition]
+                start = done_before if done_before is not None else tp.offset
+                if high >= 0 and start >= 0:
+                    lag[tp.partition] = max(0, high - start)
+        except (KafkaException, RuntimeError):  # RuntimeError: the consumer is closed
             return lag
         return lag
 

@@ -100,9 +100,12 @@ class MemorySource:
     def commit(self) -> None:
         pass
 
-    def lag(self, partitions: list[int]) -> dict[int, int]:
+    def lag(self, unfinished: dict[int, int | None]) -> dict[int, int]:
         ends = self._topic.end_offsets()
-        return {p: ends[p] - self._positions.get(p, 0) for p in partitions}
+        return {
+            p: ends[p] - (done if done is not None else self._positions.get(p, 0))
+            for p, done in unfinished.items()
+        }
 
     def close(self) -> None:
         pass

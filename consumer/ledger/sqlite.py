@@ -96,7 +96,7 @@ class SqliteLedger:
         if not create:
             return cls._open_read_only(file)
         try:
-            file.parent.mkdir(parents=True, exist_ok=True)
+            file.parent.mkdir(exist_ok=True)  # one level: a mistyped path is not built
             lock = (file.parent / (file.name + ".lock")).open("wb")
         except OSError as exc:
             raise LedgerError(f"cannot create the SQLite ledger {path}: {exc.strerror}") from None

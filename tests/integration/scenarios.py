@@ -28,8 +28,10 @@ SERVICE_ENV = {
     "CONSUMER_NUDGIFY_BATCH_SIZE": str(BATCH),
     "CONSUMER_CUSTOBAR_BATCH_SIZE": str(BATCH),
     "CONSUMER_CONCURRENT_REQUESTS": str(CONCURRENCY),
-    # A claim of a SIGKILLed process is taken over after this (the open window), not 120 s.
+    # A claim of a SIGKILLed process is taken over after this (the open window), not 120 s;
+    # a lease must outlive two request deadlines.
     "CONSUMER_CLAIM_LEASE_S": "5",
+    "CONSUMER_HTTP_TIMEOUT_S": "2.5",
     "CONSUMER_SHUTDOWN_GRACE_S": "5",
 }
 FAULTS: dict[str, dict[str, Any]] = {

@@ -173,3 +173,26 @@ def test_rewind_refuses_a_negative_partition_before_contacting_kafka(
     assert code == 2
     assert "rewind: partition numbers start at 0, got -1" in err
     assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [
+        ("offset:99999999999999999999999", "beyond any Kafka offset"),
+        ("time:0001-01-01T00:00:00+00:00", "after 1970-01-01"),
+        ("offset:١٢", "unknown rewind target"),  # digits, but not ASCII ones
+    ],
+)
+def test_a_rewind_target_kafka_cannot_take_is_refused_with_a_reason(
+    target: str, problem: str
+) -> None:
+    from consumer.rewind import parse_target
+
+    with pytest.raises(ValueError, match=problem):
+        parse_target(target)
+
+
+def test_a_sqlite_ledger_in_a_missing_directory_tree_is_refused_not_built(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="cannot create the SQLite ledger"):
+        SqliteLedger.open(str(tmp_path / "typo" / "deeper" / "ledger.sqlite3"))
+    assert not (tmp_path / "typo").exists()

@@ -324,3 +324,36 @@ def test_the_new_checks_report_every_problem_at_once() -> None:
                     "SCHEMA_REGISTRY_URL", "LOG_LEVEL", "NUDGIFY_SITE_KEY", "group.protocol",
                     "auto.offset.reset"):  # fmt: skip
         assert setting in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"CONSUMER_TOPIC": "orders completed"}, "TOPIC 'orders completed' is not a Kafka topic"),
+        ({"CONSUMER_TOPIC": "^orders-.*"}, "is not a Kafka topic name"),
+        ({"CONSUMER_DEAD_LETTER_TOPIC": "bad topic!"}, "DEAD_LETTER_TOPIC 'bad topic!'"),
+        ({"CONSUMER_WRITER_SCHEMA": "/etc/passwd"}, "WRITER_SCHEMA: /etc/passwd is not an Avro"),
+        ({"CONSUMER_LEDGER_URL": "sqlite:///:memory:"}, "LEDGER_URL must name a file"),
+        ({"CONSUMER_RETRY_INITIAL_S": "5", "CONSUMER_RETRY_MAX_S": "1"}, "RETRY_MAX_S must not"),
+        ({"CONSUMER_CLAIM_LEASE_S": "1"}, "CLAIM_LEASE_S (1 s) must be at least twice"),
+        ({"CONSUMER_KAFKA__TRANSACTIONAL_ID": "tx-1"}, "transactional.id is managed"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_at_start(
+    overrides: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load({**BASE, **overrides})
+    assert problem in str(refused.value)
+
+
+def test_secret_kafka_settings_never_show_in_the_settings_repr_and_are_scrubbed() -> None:
+    settings = load({
+        **BASE,
+        "CONSUMER_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+        "CONSUMER_KAFKA__SASL_MECHANISMS": "OAUTHBEARER",
+        "CONSUMER_KAFKA__SASL_OAUTHBEARER_CONFIG": "clientSecret=canary-cfg-XYZ",
+    })  # fmt: skip
+    assert "canary-cfg-XYZ" not in repr(settings)
+    assert "clientSecret=canary-cfg-XYZ" in settings.secrets()
+    assert settings.kafka["security.protocol"] == "SASL_SSL"  # the values themselves are intact

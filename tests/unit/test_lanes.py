@@ -234,3 +234,19 @@ def test_a_topic_that_mostly_does_not_decode_trips_the_brake_instead_of_emptying
                                and len(deployment.sink.letters) == 9))  # fmt: skip
     assert deployment.lanes[0].snapshot()["brake"]["tripped"]
     assert deployment.committed("a").get(0, 0) <= 9
+
+
+def test_lag_counts_the_records_in_flight_not_only_those_still_unfetched(ledger) -> None:  # type: ignore[no-untyped-def]
+    topic, _ = topic_with(60)
+    down = Vendor("down")
+    down.answer = lambda numbers: TransientError("HTTP 503", status=503)
+    deployment = Deployment(topic, [down], ledger)
+    lags: list[int] = []
+
+    def observed() -> bool:
+        snapshot = deployment.lanes[0].snapshot()
+        lags.append(sum(snapshot["lag"].values()))
+        return snapshot["in_flight"] == 60
+
+    asyncio.run(deployment.run(until=observed))
+    assert lags[-1] == 60  # all fetched, none delivered: 60 behind, not 0

@@ -409,7 +409,7 @@ def test_a_held_record_keeps_its_partition_offset_back_through_sigkill_and_is_de
     before = orders[:10]
     after = [o for o in orders[10:] if o is not held]
     # The restart takes over the dead process's claim and, once its session ends, its partition.
-    lease = {"CONSUMER_CLAIM_LEASE_S": "2", "CONSUMER_KAFKA__SESSION_TIMEOUT_MS": "6000"}
+    lease = {"CONSUMER_CLAIM_LEASE_S": "10", "CONSUMER_KAFKA__SESSION_TIMEOUT_MS": "6000"}
     partition = 0
 
     [(_, first)] = produce_raw(stage, schemaless(stage, before[:1]), partition=partition)

@@ -234,6 +234,7 @@ def test_the_shared_ledger_unreachable_longer_than_a_lease_with_three_consumers(
     sandbox.set_faults("custobar", latency_ms=150)
     ports = [free_port() for _ in range(3)]
     env = {"CONSUMER_LEDGER_URL": own_postgres.url, "CONSUMER_CLAIM_LEASE_S": str(lease_s),
+           "CONSUMER_HTTP_TIMEOUT_S": str(lease_s / 2),
            "CONSUMER_CUSTOBAR_BATCH_SIZE": "10"}  # fmt: skip
     members = [stage.spawn(CONSUMER_HEALTH_PORT=str(port), **env) for port in ports]
     try:
