@@ -163,10 +163,13 @@ def test_the_dead_letter_brake_pauses_a_destination_that_rejects_everything(ledg
     broken, fine = Vendor("broken", reject=set(everyone)), Vendor("fine")
     deployment = Deployment(topic, [broken, fine], ledger, brake=(0.5, 50, 10))
     seen: dict[str, object] = {}
+    states: set[str] = set()
 
     def braked_then_fixed() -> bool:
         lane = deployment.lanes[0].snapshot()
         if "written" not in seen:
+            if lane["brake"]["tripped"]:
+                states.add(lane["state"])  # paused, but for the moments a probe is let through
             # The tenth dead letter trips the brake: nine are written, the rest wait.
             written = len(deployment.sink.letters)
             if len(fine.holds()) == 200 and lane["brake"]["held"] > 0 and written == 9:
@@ -178,7 +181,7 @@ def test_the_dead_letter_brake_pauses_a_destination_that_rejects_everything(ledg
 
     asyncio.run(deployment.run(until=braked_then_fixed))
     snapshot = seen["snapshot"]
-    assert snapshot["brake"]["tripped"] and snapshot["state"] == "paused"  # type: ignore[index]
+    assert snapshot["brake"]["tripped"] and "paused" in states  # type: ignore[index]
     assert seen["written"] == 9  # the tenth dead letter trips the brake and waits with the rest
     assert seen["committed"] < 200  # type: ignore[operator]  # offsets held meanwhile
     dead = {letter.order_number for _, letter in deployment.sink.letters}
