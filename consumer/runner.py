@@ -64,7 +64,9 @@ def consumer_config(settings: Settings, group: str) -> dict[str, Any]:
 
 def _headers(message: Message) -> tuple[tuple[str, bytes], ...]:
     raw = message.headers()
-    pairs = raw.items() if isinstance(raw, dict) else (raw or ())
+    if not raw:
+        return ()
+    pairs = raw.items() if isinstance(raw, dict) else raw
     return tuple((str(k), v) for k, v in pairs if isinstance(v, bytes))
 
 

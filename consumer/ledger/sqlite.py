@@ -9,12 +9,15 @@ without the lock, and never create it.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import functools
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
 from consumer.errors import LedgerError
 from consumer.ledger import (
@@ -77,6 +80,8 @@ CHUNK = 400  # keeps IN (...) lists well under SQLite's variable limit
 
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
 
 
 def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
@@ -84,10 +89,26 @@ def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
         yield items[start : start + CHUNK]
 
 
+def _off_loop(
+    method: Callable[Concatenate[SqliteLedger, _P], _R],
+) -> Callable[Concatenate[SqliteLedger, _P], Coroutine[Any, Any, _R]]:
+    """Run a ledger call on the ledger's own thread: SQLite's work (which releases the GIL)
+    then overlaps the event loop's, and the loop never waits on a disk write."""
+
+    async def run(ledger: SqliteLedger, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        call = functools.partial(method, ledger, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(ledger._thread, call)
+
+    run.__doc__ = method.__doc__
+    return run
+
+
 class SqliteLedger:
     def __init__(self, db: sqlite3.Connection, lock: IO[bytes] | None) -> None:
         self._db = db
         self._lock = lock
+        # One thread: the connection is used by one call at a time, in order.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-ledger")
 
     @classmethod
     def open(cls, path: str, *, create: bool = True) -> SqliteLedger:
@@ -146,7 +167,8 @@ class SqliteLedger:
             )
         return cls(db, None)
 
-    async def claim(
+    @_off_loop
+    def claim(
         self,
         destination: str,
         requests: Sequence[ClaimRequest],
@@ -230,7 +252,8 @@ class SqliteLedger:
         covered = {key for key, payload_hash in found if payload_hash == ANY_PAYLOAD}
         return {(key, h) for key, h in keys if (key, h) in found or key in covered}
 
-    async def mark_delivered(
+    @_off_loop
+    def mark_delivered(
         self, destination: str, requests: Sequence[ClaimRequest], *, owner: str
     ) -> None:
         now = time.time()
@@ -262,7 +285,8 @@ class SqliteLedger:
             self._rollback()
             raise LedgerError(f"ledger write failed: {exc}") from exc
 
-    async def release(self, destination: str, order_numbers: Sequence[str], *, owner: str) -> None:
+    @_off_loop
+    def release(self, destination: str, order_numbers: Sequence[str], *, owner: str) -> None:
         self._write(lambda: self._release(destination, order_numbers, owner))
 
     def _release(self, destination: str, order_numbers: Sequence[str], owner: str) -> None:
@@ -279,7 +303,8 @@ class SqliteLedger:
             params,
         )
 
-    async def release_owner(self, owner: str) -> int:
+    @_off_loop
+    def release_owner(self, owner: str) -> int:
         released = 0
 
         def release_all() -> None:
@@ -298,7 +323,8 @@ class SqliteLedger:
         self._write(release_all)
         return released
 
-    async def claim_dead_letter(
+    @_off_loop
+    def claim_dead_letter(
         self, destination: str, key: str, payload_hash: str, *, owner: str, lease_s: float
     ) -> State:
         now = time.time()
@@ -328,7 +354,8 @@ class SqliteLedger:
         self._write(claim)
         return decided
 
-    async def mark_dead_lettered(
+    @_off_loop
+    def mark_dead_lettered(
         self, destination: str, key: str, payload_hash: str, reason: str, *, owner: str
     ) -> None:
         def insert() -> None:
@@ -344,7 +371,8 @@ class SqliteLedger:
 
         self._write(insert)
 
-    async def dead_lettered(
+    @_off_loop
+    def dead_lettered(
         self, destination: str, keys: Sequence[tuple[str, str]]
     ) -> set[tuple[str, str]]:
         try:
@@ -352,7 +380,8 @@ class SqliteLedger:
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger read failed: {exc}") from exc
 
-    async def stats(self) -> LedgerStats:
+    @_off_loop
+    def stats(self) -> LedgerStats:
         try:
             figures: dict[str, dict[str, int]] = {}
             for destination, delivered, claimed, taken_over in self._db.execute(
@@ -372,7 +401,8 @@ class SqliteLedger:
         return LedgerStats({d: DestinationStats(**f) for d, f in sorted(figures.items())})
 
     async def close(self) -> None:
-        self._db.close()
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._db.close)
+        self._thread.shutdown()
         if self._lock is not None:
             self._lock.close()
 
