@@ -49,7 +49,7 @@ UNHEALTHY = frozenset(
 def consumer_config(settings: Settings, group: str) -> dict[str, Any]:
     return {
         # Bounded prefetch: each lane has its own consumer (librdkafka's default is 64 MiB).
-        "queued.max.messages.kbytes": 8192,
+        "queued.max.messages.kbytes": 2048,
         **settings.kafka,
         "bootstrap.servers": settings.bootstrap_servers,
         "group.id": group,

@@ -97,19 +97,22 @@ class _Send:
     outbound: Outbound
     payload_hash: str
     tickets: list[Ticket]
+    order_number: str = field(init=False)
     next: _Send | None = None  # the order's next payload: sent once this one settled
     attempts: int = 0  # requests that carried it
     failures: int = 0  # unexpected errors while handling it
     in_air: bool = False  # a request carrying it may have reached the vendor
     settled: bool = False
 
-    @property
-    def order_number(self) -> str:
-        return self.outbound.order_number
+    def __post_init__(self) -> None:
+        self.order_number = self.outbound.order_number
 
     def request(self) -> ClaimRequest:
         """The claim, from the latest record sharing this payload."""
-        last = max(self.tickets, key=lambda t: (t.timestamp, t.offset))
+        tickets = self.tickets
+        last = (
+            tickets[0] if len(tickets) == 1 else max(tickets, key=lambda t: (t.timestamp, t.offset))
+        )
         return ClaimRequest(self.order_number, self.payload_hash, last.partition, last.offset,
                             last.topic, last.timestamp)  # fmt: skip
 
