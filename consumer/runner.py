@@ -50,6 +50,9 @@ def consumer_config(settings: Settings, group: str) -> dict[str, Any]:
     return {
         # Bounded prefetch: each lane has its own consumer (librdkafka's default is 64 MiB).
         "queued.max.messages.kbytes": 2048,
+        # With a small local queue, librdkafka waits this long before fetching again once it
+        # is full; its default (1 s) starves a lane that drains the queue in milliseconds.
+        "fetch.queue.backoff.ms": 20,
         **settings.kafka,
         "bootstrap.servers": settings.bootstrap_servers,
         "group.id": group,

@@ -19,10 +19,10 @@ from consumer.model import JSON, Order, Payload, TransformResult
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """One order's entries in a vendor request (a sale, a purchase, or a sale's rows)."""
+    """One order's entries in a vendor request (a sale, a purchase, or a sale's rows), kept
+    only as the bytes sent: a record in flight costs its JSON, not its dictionaries."""
 
     order_number: str
-    items: tuple[JSON, ...]
     encoded: tuple[bytes, ...]  # each entry as compact JSON: the bytes hashed and sent
     digest: str  # the ledger's hash of what is sent for this order
 
@@ -30,7 +30,12 @@ class Outbound:
     def of(cls, order_number: str, payload: Payload) -> Outbound:
         encoded = tuple(orjson.dumps(item) for item in payload.items)
         digest = hashlib.sha256(b"\n".join(encoded)).hexdigest()
-        return cls(order_number, payload.items, encoded, digest)
+        return cls(order_number, encoded, digest)
+
+    @property
+    def items(self) -> list[JSON]:
+        """The entries as JSON values again (an error's scrubbing needs what was sent)."""
+        return [orjson.loads(entry) for entry in self.encoded]
 
 
 def json_document(head: bytes, batch: Sequence[Outbound], tail: bytes = b"]}") -> bytes:
