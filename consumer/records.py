@@ -101,6 +101,7 @@ class DeadLetterOffice:
         self._lease_s = lease_s
         self._writing: dict[tuple[str, str, str], asyncio.Future[str]] = {}
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (destination, outcome) → count
+        self._seen_done: set[tuple[str, str, str]] = set()  # counted in `outcomes` already
 
     async def give_up(
         self, record: RawRecord, letter: DeadLetter, *, key: str, payload_hash: str = ANY_PAYLOAD
@@ -114,6 +115,7 @@ class DeadLetterOffice:
         self._writing[identity] = future
         try:
             outcome = await self._give_up(record, letter, key, payload_hash)
+            self._seen_done.add(identity)  # whatever the outcome: counted here, once
             self.outcomes[(letter.destination, outcome)] += 1
             future.set_result(outcome)
             return outcome
@@ -125,10 +127,15 @@ class DeadLetterOffice:
             del self._writing[identity]
 
     async def already(self, destination: str, key: str, payload_hash: str) -> bool:
-        """Was this dead letter written before (by any lane, process or earlier run)?"""
+        """Was this dead letter written before (by any lane, process or earlier run)? Counted
+        once per process in `outcomes`, however many lanes ask."""
         found = await self._ledger_call(
             lambda: self._ledger.dead_lettered(destination, [(key, payload_hash)])
         )
+        identity = (destination, key, payload_hash)
+        if found and identity not in self._seen_done:
+            self._seen_done.add(identity)
+            self.outcomes[(destination, "already_dead_lettered")] += 1
         return bool(found)
 
     async def _give_up(

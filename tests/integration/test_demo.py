@@ -39,7 +39,7 @@ def test_the_demo_delivers_once_and_a_second_run_sends_nothing(tmp_path: Path) -
     delivered, duplicate, skipped, _, _ = summary_row(first, "nibble")
     assert delivered > 0 and duplicate == 0
     assert delivered + skipped == 60
-    assert "records dead-lettered before any destination (undecodable/invalid): 3" in first
+    assert "records dead-lettered before any destination (undecodable/invalid): 3\n" in first
     accepted = (tmp_path / "sandbox" / "nibble.jsonl").read_text().splitlines()
     assert len(accepted) == delivered
 
@@ -48,4 +48,5 @@ def test_the_demo_delivers_once_and_a_second_run_sends_nothing(tmp_path: Path) -
         assert summary_row(second, destination)[0] == 0, destination
     assert summary_row(second, "nibble")[1] == delivered
     assert "Nothing new was delivered" in second
+    assert "(and 3 dead-lettered by an earlier run)" in second
     assert len((tmp_path / "sandbox" / "nibble.jsonl").read_text().splitlines()) == delivered
