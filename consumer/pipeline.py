@@ -36,6 +36,8 @@ from consumer.records import RECORD, DeadLetter, DeadLetterOffice, RawRecord
 log = get_logger(__name__)
 
 POLL_BATCH = 500
+KEEPALIVE_S = 1.0  # at the bound, one poll a second keeps the membership and rebalances served
+OVERFLOW = 30  # records taken by those polls before fetching pauses (about 30 s at the bound)
 IDLE_SLEEP_S = 0.01
 STORE_EVERY_S = 0.05
 YIELD_EVERY = 200  # records handled between two yields to the event loop
@@ -196,6 +198,8 @@ class Lane:
         self._tasks: set[asyncio.Task[None]] = set()
         self._paused = False
         self._last_store = 0.0
+        self._last_poll = 0.0
+        self._overflow = 0  # records taken at the bound by keep-alive polls
         self.in_flight = 0
         self.in_flight_bytes = 0
         self._record_size = 1024.0  # bytes, a running average of the records seen
@@ -231,32 +235,43 @@ class Lane:
         )
 
     def _poll_once(self) -> int:
-        self._apply_backpressure()
+        """Fetch what the window has room for. At the bound, take nothing but one record a
+        `KEEPALIVE_S` (that call serves rebalances and keeps the group membership): the
+        records librdkafka prefetched stay where they are, ready the moment room is made.
+        Only a window that stays full (`OVERFLOW` records taken that way: a vendor out for
+        a while) pauses fetching, since a pause drops the prefetched records and a resume
+        waits most of a second for the next fetch."""
         limits = self._limits
         room = min(
             limits.max_in_flight - self.in_flight,
             int((limits.max_in_flight_bytes - self.in_flight_bytes) / max(self._record_size, 1)),
         )
-        records = self._source.poll(max(1, min(POLL_BATCH, room)))
+        now = time.monotonic()
+        self._apply_backpressure(full=room <= 0)
+        if room > 0:
+            self._overflow = 0
+            records = self._source.poll(min(POLL_BATCH, room))
+        elif now - self._last_poll >= KEEPALIVE_S:
+            records = self._source.poll(1)
+            self._overflow += len(records)
+        else:
+            records = []
+        if room > 0 or records or now - self._last_poll >= KEEPALIVE_S:
+            self._last_poll = now
         for record in records:
             self._accept(record)
         if records:
-            self.last_message_at = time.monotonic()
+            self.last_message_at = now
             self._work.set()
-        if time.monotonic() - self._last_store >= STORE_EVERY_S:
+        if now - self._last_store >= STORE_EVERY_S:
             self._store_offsets()
         return len(records)
 
-    def _apply_backpressure(self) -> None:
-        """Bounded in flight, by records and by bytes: pause fetching at the bound, resume
-        below half of it. Polling goes on either way, so a slow vendor never costs us the
-        group membership."""
+    def _apply_backpressure(self, *, full: bool) -> None:
+        """Bounded in flight, by records and by bytes (see `_poll_once`): pause once the window
+        overflowed by OVERFLOW records, resume below half of it."""
         limits = self._limits
-        full = (
-            self.in_flight >= limits.max_in_flight
-            or self.in_flight_bytes >= limits.max_in_flight_bytes
-        )
-        if not self._paused and full:
+        if not self._paused and full and self._overflow >= OVERFLOW:
             self._set_paused(True)
         elif (
             self._paused
