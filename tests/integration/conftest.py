@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
@@ -291,6 +292,15 @@ def stage(
     tmp_path: Path,
 ) -> Stage:
     return Stage(bootstrap, sandbox_url, sandbox_settings, tmp_path)
+
+
+def readiness(port: int) -> tuple[int, dict[str, Any]] | None:
+    """A consumer's `/health/ready`: (status, body), or None while nothing answers."""
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=3)
+    except httpx.HTTPError:
+        return None
+    return response.status_code, response.json()
 
 
 def wait_until(predicate: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.2) -> bool:

@@ -16,7 +16,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, Producer
 from confluent_kafka.admin import AdminClient
@@ -29,7 +28,7 @@ from consumer.devenv.samples import sample_orders, schemas_with_references
 from consumer.sandbox.control import SandboxControl, ServerTls, run_app_in_thread
 from consumer.sandbox.registry import RegistryAuth, build_registry_app
 from consumer.sandbox.settings import SandboxSettings
-from tests.integration.conftest import SecuredKafka, Stage, wait_until
+from tests.integration.conftest import SecuredKafka, Stage, readiness, wait_until
 from tests.integration.expectations import expected_keys
 
 pytestmark = pytest.mark.integration
@@ -239,14 +238,6 @@ def log_events(path: Path) -> list[dict[str, Any]]:
         return []
     lines = path.read_text(errors="replace").splitlines()
     return [json.loads(line) for line in lines if line.startswith("{")]
-
-
-def readiness(port: int) -> tuple[int, dict[str, Any]] | None:
-    try:
-        response = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=3)
-    except httpx.HTTPError:
-        return None
-    return response.status_code, response.json()
 
 
 def run_until(stage: Stage, env: Env, seen: Callable[[list[dict[str, Any]]], bool]) -> tuple[

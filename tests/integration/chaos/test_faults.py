@@ -34,7 +34,7 @@ from consumer.devenv.samples import (
 from consumer.sandbox.control import SandboxControl
 from consumer.sandbox.settings import SandboxSettings
 from tests.integration.chaos.conftest import VENDORS, measure, scaled
-from tests.integration.conftest import ROOT, Stage, wait_until
+from tests.integration.conftest import ROOT, Stage, readiness, wait_until
 from tests.integration.expectations import expected_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -147,14 +147,6 @@ def running(stage: Stage, **env: Any) -> Iterator[subprocess.Popen[bytes]]:
 
 def all_arrived(sandbox: SandboxControl, expected: dict[str, set[str]], *vendors: str) -> bool:
     return all(expected[v] <= {r["key"] for r in sandbox.records(v)} for v in vendors)
-
-
-def readiness(port: int) -> tuple[int, dict[str, Any]] | None:
-    try:
-        response = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=3)
-    except httpx.HTTPError:
-        return None
-    return response.status_code, response.json()
 
 
 def headers_of(letter: Message) -> dict[str, bytes]:
