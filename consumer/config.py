@@ -445,7 +445,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         nudgify=nudgify,
         custobar=custobar,
         delivery=delivery,
-        max_in_flight=r.integer("MAX_IN_FLIGHT", 2000, minimum=1, maximum=20_000),
+        max_in_flight=r.integer("MAX_IN_FLIGHT", 1000, minimum=1, maximum=20_000),
         commit_interval_ms=r.integer("COMMIT_INTERVAL_MS", 1000, minimum=10, maximum=60_000),
         shutdown_grace_s=r.number("SHUTDOWN_GRACE_S", 30.0, minimum=0.1, maximum=3600),
         health_port=health_port or None,

@@ -65,9 +65,13 @@ class Offsets:
         self._clients = {g: Consumer({"bootstrap.servers": bootstrap, "group.id": g,
                                       "enable.auto.commit": False}) for g in groups}  # fmt: skip
 
-    def reached(self, group: str, end: dict[int, int]) -> bool:
+    def committed(self, group: str) -> dict[int, int]:
+        """The group's committed offset per partition (0 where it committed nothing)."""
         committed = self._clients[group].committed(self._tps, timeout=10)
-        return all(tp.offset >= end[tp.partition] for tp in committed)
+        return {tp.partition: max(tp.offset, 0) for tp in committed}
+
+    def reached(self, group: str, end: dict[int, int]) -> bool:
+        return all(offset >= end[p] for p, offset in self.committed(group).items())
 
     def close(self) -> None:
         for client in self._clients.values():
@@ -76,17 +80,29 @@ class Offsets:
 
 def first_assigned(logs: Sequence[Path]) -> float | None:
     """Wall-clock time of the first `consumer.assigned` event in the processes' JSON logs."""
-    first = None
+    moments = _events(logs, ("consumer.assigned",))
+    return min(moments, default=None)
+
+
+def last_rebalance(logs: Sequence[Path], *, before: float) -> float | None:
+    """Wall-clock time of the last partition assignment or revocation before `before` in the
+    processes' JSON logs: from then on the group was settled."""
+    moments = _events(logs, ("consumer.assigned", "consumer.revoked"))
+    return max((m for m in moments if m < before), default=None)
+
+
+def _events(logs: Sequence[Path], names: Sequence[str]) -> list[float]:
+    wanted = tuple(f'"{name}"' for name in names)
+    moments = []
     for path in logs:
         for line in path.read_text(errors="replace").splitlines():
-            if '"consumer.assigned"' not in line:
+            if not any(name in line for name in wanted):
                 continue
             try:
-                moment = datetime.fromisoformat(json.loads(line)["timestamp"]).timestamp()
+                moments.append(datetime.fromisoformat(json.loads(line)["timestamp"]).timestamp())
             except (ValueError, KeyError, TypeError):
                 continue
-            first = moment if first is None else min(first, moment)
-    return first
+    return moments
 
 
 def tail(path: Path, lines: int = 15) -> str:

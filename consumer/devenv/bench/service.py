@@ -1,8 +1,15 @@
 """Run D: the real service, `python -m consumer run --idle-exit N` as OS processes, against the
 sink, with a fresh consumer group and a fresh ledger per run, so every run does the same work.
 
-    spawn ─▶ first `consumer.assigned` (t0) ─▶ … ─▶ every group committed the end (t_end) ─▶ TERM
-             └── start-up: reported apart ──┘   └── the timed window: orders / (t_end - t0) ──┘
+    spawn ─▶ the group settled (t0) ─▶ … ─▶ every group committed the end (t_end) ─▶ TERM
+             └── start-up: apart ──┘   └── timed: orders committed after t0 / (t_end - t0) ──┘
+
+The group has settled at the last partition assignment or revocation in the processes' logs:
+for one process that is its lanes' first assignment; for two, the second member's join (the
+first member has been consuming meanwhile, and the rebalance moves half its partitions). What
+the processes committed before t0 is read from the committed offsets sampled every 0.2 s and
+left out, so a 2-process run measures two members sharing the partitions, not one member
+working alone and then a rebalance.
 
 CPU is read from /proc/<pid>/stat (utime + stime) of the consumer processes every tick and taken
 over the timed window; peak RSS is VmHWM. Which groups to watch is found, not assumed: this
@@ -28,6 +35,7 @@ from consumer.devenv.bench.probes import (
     Series,
     cpu_and_rss,
     first_assigned,
+    last_rebalance,
     machine_busy,
     tail,
 )
@@ -124,6 +132,7 @@ class ServiceRun:
         self.cpu: dict[int, Series] = {}
         self.rss: dict[int, float] = {}
         self.sink_cpu, self.machine = Series(), Series()
+        self.done = Series()  # orders every destination committed, over time
         self.pacer: Pacer | None = None
 
     def run(self) -> ServiceResult:
@@ -215,9 +224,15 @@ class ServiceRun:
                 if self.end is None:
                     self.end = end_offsets(self.ctx.bootstrap, self.topic,
                                            self.ctx.topic.partitions)  # fmt: skip
-                if all(offsets.reached(g, self.end) for g in self._groups):
+                end = self.end
+                committed = {g: offsets.committed(g) for g in [*self._groups, self.group]}
+                per_destination = min(sum(committed[g].values()) for g in self._groups)
+                self.done.add(
+                    time.time(), max(per_destination, sum(committed[self.group].values()))
+                )
+                if all(_reached(committed[g], end) for g in self._groups):
                     return "per-destination groups"
-                if offsets.reached(self.group, self.end):
+                if _reached(committed[self.group], end):
                     return "one group"
             if time.monotonic() - last_report >= 5:
                 last_report = time.monotonic()
@@ -250,16 +265,20 @@ class ServiceRun:
         records = self.ctx.sink.records()
         arrivals = [r[0] for rs in records.values() for r in rs]
         first_request = min(arrivals) if arrivals else finished
-        started = first_assigned(self.logs) or first_request
+        first = first_assigned(self.logs) or first_request
+        settled = last_rebalance(self.logs, before=finished)
+        started = first if settled is None else max(first, settled)
+        before_window = self.done.at(started) if started > first and self.done.samples else 0
+        measured = max(self.count - int(before_window), 1)
         window = max(finished - started, 1e-6)
         cpu = sum(series.between(started, finished) for series in self.cpu.values())
         expected = {v: keys[: self.count] for v, keys in self.ctx.keys.items()}
         missing, duplicates = _verify(expected, records)
         result = ServiceResult(
-            label=self.spec.label, orders=self.count, orders_per_s=self.count / window,
+            label=self.spec.label, orders=measured, orders_per_s=measured / window,
             window_s=window, startup_s=started - spawned,
             first_request_s=first_request - spawned,
-            cpu_us_per_order=cpu / self.count * 1e6, peak_rss_mb=max(self.rss.values()),
+            cpu_us_per_order=cpu / measured * 1e6, peak_rss_mb=max(self.rss.values()),
             requests={v: len(rs) for v, rs in records.items()}, missing=missing,
             duplicates=duplicates, layout=layout,
             sink_cpu_share=self.sink_cpu.between(started, finished) / window,
@@ -275,6 +294,10 @@ class ServiceRun:
 def run_service(ctx: Context, spec: ServiceSpec, *, run_id: str,
                 progress: Callable[[str], None]) -> ServiceResult:  # fmt: skip
     return ServiceRun(ctx, spec, run_id, progress).run()
+
+
+def _reached(committed: dict[int, int], end: dict[int, int]) -> bool:
+    return all(offset >= end[p] for p, offset in committed.items())
 
 
 def _verify(
