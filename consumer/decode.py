@@ -32,7 +32,7 @@ __all__ = ["Decoder", "SchemaRegistry", "load_schema", "to_order"]
 
 MAGIC = 0
 MAX_ORDER_NUMBER = 200
-SHARED_MAX = 4096  # decoded orders kept for the other lanes (~4 KB each; a lane far behind: FIFO out)
+SHARED_MAX = 4096  # decoded orders kept for the other lanes (~4 KB each; FIFO out)
 HEADER = struct.Struct(">bI")
 ONE_CENT = Decimal("0.01")
 

@@ -43,7 +43,7 @@ RUNS = ("A", "B", "C", "D0", "DL", "pg", "2p", "paced", "sweep")
 
 @dataclass
 class Options:
-    orders: int = 20_000
+    orders: int = 40_000  # two members settle ~6 s after spawn: 20,000 left them too little
     partitions: int = 6
     rounds: int = 3
     latency_ms: float = 20.0

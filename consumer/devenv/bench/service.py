@@ -268,7 +268,9 @@ class ServiceRun:
         first = first_assigned(self.logs) or first_request
         settled = last_rebalance(self.logs, before=finished)
         started = first if settled is None else max(first, settled)
-        before_window = self.done.at(started) if started > first and self.done.samples else 0
+        # Committed by the last sample at or before t0: commits lag the work by up to 0.4 s,
+        # so this leaves out a little less than was done (the rate errs high by that much).
+        before_window = max((v for t, v in self.done.samples if t <= started), default=0)
         measured = max(self.count - int(before_window), 1)
         window = max(finished - started, 1e-6)
         cpu = sum(series.between(started, finished) for series in self.cpu.values())
