@@ -523,7 +523,7 @@ def _prepare(url: str) -> tuple[str, str]:
 async def _connect(conninfo: str, target: str) -> Connection:
     try:
         # No server-side prepared statements: a generic plan, made once while the table
-        # was small, went on scanning it as it grew (a mark: 2 ms at 5,000 orders, 33 ms at
+        # was small, went on scanning it as it grew (a mark: 4 ms at 5,000 orders, 33 ms at
         # 30,000); planned with the actual arrays, every statement stays on the primary key.
         conn = await psycopg.AsyncConnection.connect(
             conninfo, autocommit=True, prepare_threshold=None
