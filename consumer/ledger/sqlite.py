@@ -83,6 +83,9 @@ _R = TypeVar("_R")
 _P = ParamSpec("_P")
 
 
+BUSY_TIMEOUT_MS = 20
+
+
 def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), CHUNK):
         yield items[start : start + CHUNK]
@@ -105,11 +108,12 @@ def _on_loop(
 
 
 class SqliteLedger:
-    def __init__(self, db: sqlite3.Connection, lock: IO[bytes] | None) -> None:
+    def __init__(self, db: sqlite3.Connection, lock: IO[bytes] | None, file: Path) -> None:
         self._db = db
         self._lock = lock
         # Figures count every row: on a large ledger that is no work for the event loop. They
         # are read on a thread, through a connection of their own (WAL: readers never block).
+        self._file = file.resolve()
         self._reader: sqlite3.Connection | None = None
         self._reader_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-stats")
 
@@ -140,10 +144,15 @@ class SqliteLedger:
             _migrate(db)
             # One process per file: whatever claims are left belong to a process that died.
             db.execute("UPDATE deliveries SET claim_until = 0 WHERE claim_owner IS NOT NULL")
+            # From here on calls run on the event loop: a file locked by someone else (an
+            # operator's sqlite3 shell, a backup) must not freeze it. A call that finds the
+            # file busy fails fast as a LedgerError, which the callers retry with an async
+            # backoff.
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
             lock.close()
             raise LedgerError(f"cannot open the SQLite ledger {path}: {exc}") from exc
-        return cls(db, lock)
+        return cls(db, lock, file)
 
     @classmethod
     def _open_read_only(cls, file: Path) -> SqliteLedger:
@@ -168,7 +177,7 @@ class SqliteLedger:
                 f"the ledger {file} has schema version {version}, this consumer reads "
                 f"{SCHEMA_VERSION}: start the service once to migrate it"
             )
-        return cls(db, None)
+        return cls(db, None, file)
 
     @_on_loop
     def claim(
@@ -386,6 +395,7 @@ class SqliteLedger:
     def _stats(self) -> LedgerStats:
         try:
             db = self._reading()
+            db.execute("BEGIN")  # both counts from one snapshot
             figures: dict[str, dict[str, int]] = {}
             for destination, delivered, claimed, taken_over in db.execute(
                 """SELECT destination, count(payload_hash), count(claim_owner),
@@ -399,7 +409,10 @@ class SqliteLedger:
                 "GROUP BY destination"
             ):
                 figures.setdefault(destination, {})["dead_lettered"] = dead_lettered
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
+            if self._reader is not None and self._reader.in_transaction:
+                self._reader.execute("ROLLBACK")
             raise LedgerError(f"ledger read failed: {exc}") from exc
         return LedgerStats({d: DestinationStats(**f) for d, f in sorted(figures.items())})
 
@@ -408,17 +421,14 @@ class SqliteLedger:
 
     def _reading(self) -> sqlite3.Connection:
         if self._reader is None:
-            file = self._db.execute("PRAGMA database_list").fetchone()[2]
-            self._reader = (
-                sqlite3.connect(f"{Path(file).as_uri()}?mode=ro", uri=True)
-                if file
-                else self._db  # in memory (tests): one connection, nothing to spare
+            self._reader = sqlite3.connect(
+                f"{self._file.as_uri()}?mode=ro", uri=True, isolation_level=None
             )
         return self._reader
 
     async def close(self) -> None:
         def close_reader() -> None:
-            if self._reader is not None and self._reader is not self._db:
+            if self._reader is not None:
                 self._reader.close()
 
         await asyncio.get_running_loop().run_in_executor(self._reader_thread, close_reader)

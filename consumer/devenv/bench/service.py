@@ -54,6 +54,7 @@ from consumer.devenv.postgres import create_database, drop_database
 
 TICK_S = 0.1
 COMMITTED_EVERY_S = 0.2
+MIN_WINDOW_SHARE = 0.5
 IDLE_EXIT_S = 30.0
 """A safety net only: the bench stops the processes as soon as the work is committed. Long, so
 that a member whose partitions are done does not leave mid-run: a rebalance then would be
@@ -104,6 +105,7 @@ class ServiceResult:
     peak_requests_per_s: float  # the busiest second at the sink, all vendors
     exit_codes: list[int]
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50/p95/p99 (paced runs)
+    window_share: float = 1.0  # of the orders, the share committed in the timed window
 
 
 @dataclass
@@ -288,6 +290,13 @@ class ServiceRun:
             machine_busy_cores=self.machine.between(started, finished) / window,
             peak_requests_per_s=_peak_rate(arrivals), exit_codes=codes,
         )  # fmt: skip
+        result.window_share = measured / self.count
+        if result.window_share < MIN_WINDOW_SHARE:
+            # A rebalance late in the run leaves a window too short to trust (commit lag counts
+            # for more in it): say so instead of printing a rate that errs high.
+            self.progress(f"    ! {self.spec.label}: the group settled late; only "
+                          f"{result.window_share:.0%} of the orders fall in the timed window: "
+                          "raise --orders")  # fmt: skip
         if self.pacer is not None:
             result.latency_ms = latencies(expected, records, self.pacer.timestamps)
         return result
