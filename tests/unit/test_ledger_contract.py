@@ -199,6 +199,29 @@ def test_sqlite_ledger_refuses_a_second_process(tmp_path) -> None:  # type: igno
     run(first.close())
 
 
+def test_sqlite_a_foreign_write_lock_fails_calls_fast_and_they_succeed_once_it_is_gone(
+    tmp_path,
+) -> None:  # type: ignore[no-untyped-def]
+    """Ledger calls run on the event loop: an operator's sqlite3 shell holding the write lock
+    must not freeze the service; the callers retry a LedgerError with an async backoff."""
+    path = str(tmp_path / "ledger.sqlite3")
+
+    async def scenario() -> None:
+        ledger = SqliteLedger.open(path)
+        shell = sqlite3.connect(path, isolation_level=None)
+        shell.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(LedgerError, match="locked"):
+            await ledger.claim("nibble", [req("1")], owner=A, lease_s=60)
+        assert time.monotonic() - started < 0.5
+        shell.execute("COMMIT")
+        shell.close()
+        assert await ledger.claim("nibble", [req("1")], owner=A, lease_s=60) == {"1": State.CLAIMED}
+        await ledger.close()
+
+    run(scenario())
+
+
 def test_sqlite_claims_of_a_crashed_process_are_taken_over_on_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = str(tmp_path / "ledger.sqlite3")
 
