@@ -212,6 +212,7 @@ class Lane:
         self.internal_errors = 0
         self.assigned_once = False
         self.last_message_at = time.monotonic()
+        self._fetched_nothing = False  # the last poll that had room found no record
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -233,9 +234,13 @@ class Lane:
             self._source.close()
 
     def idle_for(self, seconds: float) -> bool:
+        """Caught up: nothing in flight, and the last poll with room found nothing, after
+        `seconds` without a record. Without that poll, a loop held up (a slow disk under a
+        ledger commit) could look idle between a window settling and the next fetch."""
         return (
             self.assigned_once
             and self.in_flight == 0
+            and self._fetched_nothing
             and time.monotonic() - self.last_message_at >= seconds
         )
 
@@ -256,6 +261,7 @@ class Lane:
         if room > 0:
             self._overflow = 0
             records = self._source.poll(min(POLL_BATCH, room))
+            self._fetched_nothing = not records
         elif now - self._last_poll >= KEEPALIVE_S:
             records = self._source.poll(1)
             self._overflow += len(records)

@@ -5,6 +5,7 @@ back another, and a destination dead-lettering everything is braked instead."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from consumer.devenv.samples import sample_orders
 from consumer.errors import TransientError
@@ -117,6 +118,31 @@ def test_one_destination_down_never_holds_back_the_others(ledger) -> None:  # ty
     assert set(down.holds()) == everything
     assert len(down.accepted) == 300
     assert len(healthy.accepted) == 300
+
+
+class HeldUpLedger:
+    """A ledger whose writes hold the event loop for a while, as a commit on a busy disk does."""
+
+    def __init__(self, ledger, hold_s: float) -> None:  # type: ignore[no-untyped-def]
+        self._ledger = ledger
+        self._hold_s = hold_s
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._ledger, name)
+
+    async def mark_delivered(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        time.sleep(self._hold_s)  # blocks the loop on purpose
+        await self._ledger.mark_delivered(*args, **kwargs)
+
+
+def test_a_loop_held_up_by_a_ledger_write_is_not_taken_for_caught_up(ledger) -> None:  # type: ignore[no-untyped-def]
+    """Between a window settling and the next fetch, a lane with a backlog is not idle, however
+    long the last write held the loop (the deployment stops at 0.1 s idle)."""
+    topic, orders = topic_with(100)
+    vendor = Vendor("crm")
+    deployment = Deployment(topic, [vendor], HeldUpLedger(ledger, 0.15), max_in_flight=10)
+    asyncio.run(deployment.run(idle_s=0.1))
+    assert set(vendor.holds()) == {o["order_number"] for o in orders}
 
 
 def test_a_later_cancellation_in_a_backlog_ends_at_the_vendor(ledger) -> None:  # type: ignore[no-untyped-def]
