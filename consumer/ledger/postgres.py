@@ -221,6 +221,12 @@ class PostgresLedger:
             (destination, list(numbers)),
         )
 
+    async def _read_locked(
+        self, conn: Connection, destination: str, numbers: Sequence[str]
+    ) -> dict[str, Row]:
+        """Lock the rows and read them (where no clock is needed)."""
+        return await self._locked_rows(await self._lock(conn, destination, numbers))
+
     @staticmethod
     async def _locked_rows(cursor: psycopg.AsyncCursor[TupleRow] | None) -> dict[str, Row]:
         if cursor is None:
@@ -271,7 +277,7 @@ class PostgresLedger:
         latest = {r.order_number: r for r in requests}
         numbers = sorted(latest)
         async with self._transaction("mark delivered") as conn:
-            rows = await self._locked_rows(await self._lock(conn, destination, numbers))
+            rows = await self._read_locked(conn, destination, numbers)
             held = [
                 latest[n]
                 for n in numbers
@@ -303,7 +309,7 @@ class PostgresLedger:
     async def release(self, destination: str, order_numbers: Sequence[str], *, owner: str) -> None:
         numbers = sorted(set(order_numbers))
         async with self._transaction("release") as conn:
-            await self._locked_rows(await self._lock(conn, destination, numbers))
+            await self._read_locked(conn, destination, numbers)
             await self._release(conn, destination, numbers, owner)
 
     @staticmethod
@@ -387,7 +393,7 @@ class PostgresLedger:
                        at = now(), claim_until = 'epoch'""",
                 (destination, key, payload_hash, storable(reason), owner),
             )
-            await self._locked_rows(await self._lock(conn, destination, [key]))
+            await self._read_locked(conn, destination, [key])
             await self._release(conn, destination, [key], owner)
 
     async def dead_lettered(

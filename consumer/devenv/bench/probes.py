@@ -70,9 +70,6 @@ class Offsets:
         committed = self._clients[group].committed(self._tps, timeout=10)
         return {tp.partition: max(tp.offset, 0) for tp in committed}
 
-    def reached(self, group: str, end: dict[int, int]) -> bool:
-        return all(offset >= end[p] for p, offset in self.committed(group).items())
-
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
