@@ -278,33 +278,45 @@ class PostgresLedger:
         numbers = sorted(latest)
         async with self._transaction("mark delivered") as conn:
             rows = await self._read_locked(conn, destination, numbers)
-            held = [
-                latest[n]
-                for n in numbers
-                if (row := rows.get(n)) is None or not is_older(latest[n], row)
-            ]
+            held: list[ClaimRequest] = []
+            older: list[str] = []
+            for n in numbers:
+                if (row := rows.get(n)) is not None and is_older(latest[n], row):
+                    older.append(n)
+                else:
+                    held.append(latest[n])
             if held:
+                # The delivery and the release of our claim in one write of each row (half the
+                # row versions of writing then releasing).
                 await conn.execute(
                     """INSERT INTO deliveries AS d (destination, order_number, payload_hash,
                            source_topic, source_partition, source_offset, source_timestamp,
                            delivered_at)
-                       SELECT %s, t.number, t.hash, t.topic, t.part, t.off, t.ts,
+                       SELECT %(d)s, t.number, t.hash, t.topic, t.part, t.off, t.ts,
                               clock_timestamp()
-                       FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::bigint[],
-                                   %s::bigint[]) AS t(number, hash, topic, part, off, ts)
+                       FROM unnest(%(n)s::text[], %(h)s::text[], %(t)s::text[], %(p)s::int[],
+                                   %(o)s::bigint[], %(s)s::bigint[])
+                            AS t(number, hash, topic, part, off, ts)
                        ON CONFLICT (destination, order_number) DO UPDATE SET
                            payload_hash = excluded.payload_hash,
                            source_topic = excluded.source_topic,
                            source_partition = excluded.source_partition,
                            source_offset = excluded.source_offset,
                            source_timestamp = excluded.source_timestamp,
-                           delivered_at = excluded.delivered_at""",
-                    (destination, [r.order_number for r in held],
-                     [r.payload_hash for r in held], [r.topic for r in held],
-                     [r.partition for r in held], [r.offset for r in held],
-                     [r.timestamp for r in held]),
+                           delivered_at = excluded.delivered_at,
+                           claim_owner = CASE WHEN d.claim_owner = %(w)s THEN NULL
+                                              ELSE d.claim_owner END,
+                           claim_until = CASE WHEN d.claim_owner = %(w)s THEN 'epoch'
+                                              ELSE d.claim_until END,
+                           claimed_at = CASE WHEN d.claim_owner = %(w)s THEN NULL
+                                             ELSE d.claimed_at END""",
+                    {"d": destination, "n": [r.order_number for r in held],
+                     "h": [r.payload_hash for r in held], "t": [r.topic for r in held],
+                     "p": [r.partition for r in held], "o": [r.offset for r in held],
+                     "s": [r.timestamp for r in held], "w": owner},
                 )  # fmt: skip
-            await self._release(conn, destination, numbers, owner)
+            if older:
+                await self._release(conn, destination, older, owner)
 
     async def release(self, destination: str, order_numbers: Sequence[str], *, owner: str) -> None:
         numbers = sorted(set(order_numbers))

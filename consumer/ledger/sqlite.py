@@ -272,26 +272,34 @@ class SqliteLedger:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             rows = self._rows(destination, [r.order_number for r in requests])
-            held = [
-                (r.payload_hash, r.topic, r.partition, r.offset, r.timestamp, now, destination,
-                 r.order_number)
-                for r in requests
-                if (row := rows.get(r.order_number)) is None or not is_older(r, row)
-            ]  # fmt: skip
+            held: list[tuple[object, ...]] = []
+            older: list[str] = []
+            for r in requests:
+                if (row := rows.get(r.order_number)) is not None and is_older(r, row):
+                    older.append(r.order_number)
+                else:
+                    held.append((r.payload_hash, r.topic, r.partition, r.offset, r.timestamp,
+                                 now, destination, r.order_number, owner))  # fmt: skip
+            # The delivery and the release of our claim in one write of each row: a third of
+            # the statements of writing then releasing.
             self._db.executemany(
                 """INSERT INTO deliveries (payload_hash, source_topic, source_partition,
                        source_offset, source_timestamp, delivered_at, destination, order_number)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                   VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                    ON CONFLICT (destination, order_number) DO UPDATE SET
                        payload_hash = excluded.payload_hash,
                        source_topic = excluded.source_topic,
                        source_partition = excluded.source_partition,
                        source_offset = excluded.source_offset,
                        source_timestamp = excluded.source_timestamp,
-                       delivered_at = excluded.delivered_at""",
+                       delivered_at = excluded.delivered_at,
+                       claim_until = iif(claim_owner IS ?9, 0, claim_until),
+                       claimed_at = iif(claim_owner IS ?9, NULL, claimed_at),
+                       claim_owner = iif(claim_owner IS ?9, NULL, claim_owner)""",
                 held,
             )
-            self._release(destination, [r.order_number for r in requests], owner)
+            if older:
+                self._release(destination, older, owner)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()

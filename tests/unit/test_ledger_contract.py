@@ -173,6 +173,34 @@ def test_released_claims_leave_no_open_window(ledger) -> None:  # type: ignore[n
     run(scenario())
 
 
+def test_marking_a_delivery_releases_our_claim_and_never_anothers(ledger) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        mine = [req("1", offset=1), req("2", offset=2)]
+        await ledger.claim("custobar", mine, owner=A, lease_s=60, resend_changed=True)
+        # B took order 3 over while A was still sending it; A's acknowledgement comes late.
+        await ledger.claim("custobar", [req("3", offset=3)], owner=A, lease_s=0.05)
+        await asyncio.sleep(0.1)
+        await ledger.claim("custobar", [req("3", offset=3)], owner=B, lease_s=60)
+        await ledger.mark_delivered("custobar", [*mine, req("3", offset=3)], owner=A)
+        total = (await ledger.stats()).total()
+        assert (total.delivered, total.claimed) == (3, 1)  # B's claim on 3 is B's to end
+        assert await ledger.claim("custobar", [req("3", offset=3)], owner=A, lease_s=60) == {
+            "3": State.BUSY
+        }
+        # A's send of an older event is acknowledged after B delivered a later one: the vendor
+        # keeps the later one, and A's claim still ends.
+        await ledger.claim("custobar", [req("1", "h5", offset=5)], owner=A, lease_s=60,
+                           resend_changed=True)  # fmt: skip
+        await ledger.mark_delivered("custobar", [req("1", "h7", offset=7)], owner=B)
+        await ledger.mark_delivered("custobar", [req("1", "h5", offset=5)], owner=A)
+        total = (await ledger.stats()).total()
+        assert (total.delivered, total.claimed) == (3, 1)
+        assert await ledger.claim("custobar", [req("1", "h7", offset=7)], owner=B, lease_s=60,
+                                  resend_changed=True) == {"1": State.DELIVERED}  # fmt: skip
+
+    run(scenario())
+
+
 def test_a_clean_stop_releases_every_claim_so_the_next_owner_takes_none_over(ledger) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         await deliver(ledger, "custobar", req("1", "v1"))
