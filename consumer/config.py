@@ -11,6 +11,7 @@ Rules beyond a value's type (URL safety, vendor codes, librdkafka's verdict) are
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,13 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def new_instance_id() -> str:
+    """The owner of this process's ledger claims: host, pid and a random part. A container
+    restarted in its pod keeps its host name and is pid 1 again; without the random part it
+    would take its predecessor's claims for its own and not count them as the open window."""
+    return f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +215,7 @@ class Settings:
     log_level: str
     resend: bool = False
     limits: LimitSettings = field(default_factory=LimitSettings)
-    instance_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    instance_id: str = field(default_factory=new_instance_id)
 
     def destination_group(self, destination: str) -> str:
         """The consumer group of one destination: each commits its own offsets, so one vendor's

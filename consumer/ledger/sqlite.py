@@ -84,6 +84,7 @@ _P = ParamSpec("_P")
 
 
 BUSY_TIMEOUT_MS = 20
+MIN_SQLITE = (3, 24, 0)  # upsert (INSERT ... ON CONFLICT DO UPDATE)
 
 
 def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
@@ -121,6 +122,11 @@ class SqliteLedger:
     def open(cls, path: str, *, create: bool = True) -> SqliteLedger:
         """`create=False`: read-only, no lock, and a missing file is an error (status, rewind)."""
         file = Path(path)
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise LedgerError(
+                f"the SQLite library this Python links is {sqlite3.sqlite_version}; the ledger "
+                f"needs {'.'.join(map(str, MIN_SQLITE))} or newer (or use a PostgreSQL ledger)"
+            )
         if not create:
             return cls._open_read_only(file)
         try:
@@ -293,9 +299,10 @@ class SqliteLedger:
                        source_offset = excluded.source_offset,
                        source_timestamp = excluded.source_timestamp,
                        delivered_at = excluded.delivered_at,
-                       claim_until = iif(claim_owner IS ?9, 0, claim_until),
-                       claimed_at = iif(claim_owner IS ?9, NULL, claimed_at),
-                       claim_owner = iif(claim_owner IS ?9, NULL, claim_owner)""",
+                       claim_until = CASE WHEN claim_owner IS ?9 THEN 0 ELSE claim_until END,
+                       claimed_at = CASE WHEN claim_owner IS ?9 THEN NULL ELSE claimed_at END,
+                       claim_owner = CASE WHEN claim_owner IS ?9 THEN NULL
+                                          ELSE claim_owner END""",
                 held,
             )
             if older:

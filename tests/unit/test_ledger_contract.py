@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from consumer import config
 from consumer.errors import LedgerError
 from consumer.ledger import ANY_PAYLOAD, ClaimRequest, State, open_ledger
 from consumer.ledger.sqlite import SqliteLedger
@@ -267,6 +268,40 @@ def test_sqlite_claims_of_a_crashed_process_are_taken_over_on_restart(tmp_path) 
         await restarted.close()
 
     run(scenario())
+
+
+def test_a_restart_with_the_same_host_name_and_pid_still_counts_the_open_window(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A container restarted in its pod keeps its host name, and its process is pid 1 again:
+    the claims its predecessor left may have been sent, and must count as the open window."""
+    env = {
+        "CONSUMER_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
+        "CONSUMER_IDEMPOTENCY_SECRET": "0123456789abcdef-secret",
+        "CONSUMER_NIBBLE_API_KEY": "nib-key",
+        "CONSUMER_NIBBLE_API_SECRET": "nib-secret-value",
+        "CONSUMER_NUDGIFY_ENABLED": "false",
+        "CONSUMER_CUSTOBAR_ENABLED": "false",
+    }
+    before, after = config.load(env).instance_id, config.load(env).instance_id
+    path = str(tmp_path / "ledger.sqlite3")
+
+    async def scenario() -> None:
+        crashed = SqliteLedger.open(path)
+        await crashed.claim("nibble", [req("1")], owner=before, lease_s=3600)
+        await crashed.close()
+        restarted = SqliteLedger.open(path)
+        await restarted.claim("nibble", [req("1")], owner=after, lease_s=60)
+        assert (await restarted.stats()).open_window == 1
+        await restarted.close()
+
+    run(scenario())
+
+
+def test_sqlite_older_than_the_ledger_needs_is_refused_by_version(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 22, 0))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.22.0")
+    with pytest.raises(LedgerError, match=r"3\.22\.0; the ledger needs 3\.24\.0"):
+        SqliteLedger.open(str(tmp_path / "ledger.sqlite3"))
+    assert not (tmp_path / "ledger.sqlite3").exists()
 
 
 def test_status_never_creates_a_ledger(tmp_path) -> None:  # type: ignore[no-untyped-def]
