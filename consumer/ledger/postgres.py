@@ -27,7 +27,7 @@ from psycopg.rows import TupleRow
 
 from consumer.errors import LedgerError
 from consumer.ledger import ANY_PAYLOAD, ClaimRequest, DestinationStats, LedgerStats, State
-from consumer.ledger.rules import Row, decide, is_older, storable
+from consumer.ledger.rules import Row, decide, split_older, storable
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
@@ -278,13 +278,7 @@ class PostgresLedger:
         numbers = sorted(latest)
         async with self._transaction("mark delivered") as conn:
             rows = await self._read_locked(conn, destination, numbers)
-            held: list[ClaimRequest] = []
-            older: list[str] = []
-            for n in numbers:
-                if (row := rows.get(n)) is not None and is_older(latest[n], row):
-                    older.append(n)
-                else:
-                    held.append(latest[n])
+            held, older = split_older((latest[n] for n in numbers), rows)
             if held:
                 # The delivery and the release of our claim in one write of each row (half the
                 # row versions of writing then releasing).

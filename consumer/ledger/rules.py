@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from consumer.ledger import ClaimRequest, State
@@ -72,6 +73,23 @@ def is_older(request: ClaimRequest, row: Row) -> bool:
     if request.topic == row.source_topic and request.partition == row.source_partition:
         return request.offset < row.source_offset
     return 0 <= request.timestamp < (row.source_timestamp if row.source_timestamp else -1)
+
+
+def split_older(
+    requests: Iterable[ClaimRequest], rows: Mapping[str, Row]
+) -> tuple[list[ClaimRequest], list[str]]:
+    """A delivery's requests: those to record as what the vendor holds, and the order numbers
+    whose event is older than what it holds already (a late acknowledgement: only the claim
+    ends)."""
+    held: list[ClaimRequest] = []
+    older: list[str] = []
+    for request in requests:
+        row = rows.get(request.order_number)
+        if row is not None and is_older(request, row):
+            older.append(request.order_number)
+        else:
+            held.append(request)
+    return held, older
 
 
 def storable(text: str) -> str:

@@ -26,7 +26,7 @@ from consumer.ledger import (
     LedgerStats,
     State,
 )
-from consumer.ledger.rules import Row, decide, is_older, storable
+from consumer.ledger.rules import Row, decide, split_older, storable
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -278,14 +278,7 @@ class SqliteLedger:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             rows = self._rows(destination, [r.order_number for r in requests])
-            held: list[tuple[object, ...]] = []
-            older: list[str] = []
-            for r in requests:
-                if (row := rows.get(r.order_number)) is not None and is_older(r, row):
-                    older.append(r.order_number)
-                else:
-                    held.append((r.payload_hash, r.topic, r.partition, r.offset, r.timestamp,
-                                 now, destination, r.order_number, owner))  # fmt: skip
+            held, older = split_older(requests, rows)
             # The delivery and the release of our claim in one write of each row: a third of
             # the statements of writing then releasing.
             self._db.executemany(
@@ -303,8 +296,9 @@ class SqliteLedger:
                        claimed_at = CASE WHEN claim_owner IS ?9 THEN NULL ELSE claimed_at END,
                        claim_owner = CASE WHEN claim_owner IS ?9 THEN NULL
                                           ELSE claim_owner END""",
-                held,
-            )
+                [(r.payload_hash, r.topic, r.partition, r.offset, r.timestamp, now, destination,
+                  r.order_number, owner) for r in held],
+            )  # fmt: skip
             if older:
                 self._release(destination, older, owner)
             self._db.execute("COMMIT")
