@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consumer.model import Address, Invalid, Payload, Skip
 from consumer.transform import nudgify
@@ -205,7 +207,30 @@ def test_the_ip_is_the_first_entry_of_a_forwarded_list(ip, sent):
     assert purchase(make_order(customer=make_customer(ip=ip)))["ip"] == sent
 
 
-@pytest.mark.parametrize("ip", ["unknown, 10.0.0.1", "92.21.8.106:443", "999.1.1.1"])
+@settings(max_examples=400)
+@given(
+    st.one_of(
+        st.ip_addresses().map(str),
+        st.ip_addresses(v=4).map(lambda a: str(a).replace(".", ".0", 1)),
+        st.text(alphabet="0123456789.:abcdefABCDEFx% \x00", max_size=24),
+    )
+)
+def test_an_ip_is_sent_exactly_as_python_writes_that_address(ip):
+    """What is sent is the address in its one canonical spelling, or nothing."""
+    try:
+        expected: str | None = str(ipaddress.ip_address(ip.strip()))
+    except ValueError:
+        expected = None
+    result = nudgify.purchase(make_order(customer=make_customer(ip=ip)))
+    assert isinstance(result, Payload)
+    assert result.items[0].get("ip") == expected
+
+
+@pytest.mark.parametrize(
+    "ip",
+    ["unknown, 10.0.0.1", "92.21.8.106:443", "999.1.1.1", "092.21.8.106", "92.21.8",
+     "0x5c.21.8.106", "92.21.8.106\x00", "92.21.8.106%eth0"],
+)  # fmt: skip
 def test_an_ip_that_is_not_an_address_is_dropped_with_a_note(ip):
     result = nudgify.purchase(make_order(customer=make_customer(ip=ip)))
     assert isinstance(result, Payload)
