@@ -10,6 +10,8 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from consumer.devenv.bench.paced import WARM_UP_S
+
 RSS_TARGET_MB = 150.0
 LATENCY_SLACK_MS = 50.0
 
@@ -136,7 +138,8 @@ def metrics(rounds: Sequence[Round]) -> list[tuple[str, tuple[str, ...]]]:
     for group, label in labels:
         row = label if group == "D" else f"old {label}"
         found += [(f"{row} {name}", (group, label, field)) for name, field in D_METRICS.items()]
-    found += [(f"paced {q} ms", ("paced", "latency_ms", q)) for q in ("p50", "p95", "p99")]
+    found += [(f"paced {q} ms", ("paced", "latency_ms", q))
+              for q in ("p50", "p95", "p99", "warm_up_p99")]  # fmt: skip
     found += [(f"paced {name}", ("paced", field)) for name, field in D_METRICS.items()]
     return found
 
@@ -222,6 +225,9 @@ def render(results: Mapping[str, Any]) -> str:
             " 2xx, ms: " + ", ".join(f"{q} {_cell(p, spread=True)}"
                                      for q, p in zip(("p50", "p95", "p99"), paced, strict=True))
         )  # fmt: skip
+        if (warm_up := summary.get("paced warm_up_p99 ms")) is not None:
+            lines.append(f"  (the first {WARM_UP_S:g} s of pacing are left out of these: their p99"
+                         f" {_cell(warm_up, spread=True)})")  # fmt: skip
     smallest = s["smallest_batch"]
     lines += [
         "",

@@ -268,7 +268,10 @@ class Bench:
         result = self._service(where, spec, tree, self.stage.topic, number)
         if result and result["latency_ms"]:
             p = result["latency_ms"]
-            progress(f"    latency p50 {p['p50']:.0f} ms, p95 {p['p95']:.0f}, p99 {p['p99']:.0f}")
+            warm_up = p.get("warm_up_p99")
+            progress(f"    latency p50 {p['p50']:.0f} ms, p95 {p['p95']:.0f}, p99 {p['p99']:.0f}"
+                     + (f" (first {p['warm_up_s']:g} s, left out: p99 {warm_up:.0f})"
+                        if warm_up is not None else ""))  # fmt: skip
         return result
 
     def _sweeps(self) -> dict[str, list[dict[str, Any]]]:
