@@ -103,6 +103,7 @@ class _Send:
     failures: int = 0  # unexpected errors while handling it
     in_air: bool = False  # a request carrying it may have reached the vendor
     settled: bool = False
+    queued_at: float = 0.0  # monotonic time it last joined the batch queue
 
     def __post_init__(self) -> None:
         self.order_number = self.outbound.order_number
@@ -207,18 +208,28 @@ class DestinationWorker:
     # ---- batching ------------------------------------------------------------------------------
 
     def _enqueue(self, send: _Send) -> None:
+        send.queued_at = time.monotonic()
         self._queue.append(send)
         self._wakeup.set()
 
     async def _run(self) -> None:
+        """Send full batches as soon as a slot is free; a partial batch only once its oldest
+        order has waited the linger. Sending the remainder behind every full batch at once
+        took 13-52% more requests (and claims and marks) for the same 20,000 orders at full
+        load: Nibble 365 instead of 322, Nudgify 212 instead of 172, Custobar 154 instead of
+        101; 5% more CPU per order."""
+        max_batch = self.destination.max_batch
         while True:
             await self._wakeup.wait()
-            if len(self._queue) < self.destination.max_batch and self._linger_s > 0:
-                await asyncio.sleep(self._linger_s)  # let concurrent records fill the batch
             self._wakeup.clear()
             while self._queue:
+                if len(self._queue) < max_batch and self._linger_s > 0:
+                    wait = self._queue[0].queued_at + self._linger_s - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)  # let concurrent records fill the batch
+                        continue
                 await self._slots.acquire()
-                batch = self._queue[: self.destination.max_batch]
+                batch = self._queue[:max_batch]
                 del self._queue[: len(batch)]
                 task = asyncio.create_task(self._flush(batch))
                 self._tasks.add(task)

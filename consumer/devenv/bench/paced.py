@@ -12,12 +12,13 @@ from confluent_kafka import Producer
 
 from consumer.devenv.bench.stage import order_key
 
-WARM_UP_S = 2.0
+WARM_UP_S = 5.0
 """The first seconds of pacing are left out of the percentiles (and reported apart). Their delay
 is before the service: the broker took 70-145 ms (p50) to acknowledge the first second's
 records, and the three lanes' consumers, which fetch independently, received each record
-equally late (200-380 ms after its timestamp, against ~14 ms once settled). With them counted,
-p99 read 224-456 ms; without, 100-132 ms, in three runs each."""
+equally late (200-380 ms after its timestamp, against ~14 ms once settled). That lasted
+0.5-3.5 s in six runs (7 s once, before the run waited for the service to settle); with it
+counted, p99 read 224-648 ms, and 95-140 ms in the seconds after it."""
 
 
 class Pacer(threading.Thread):
