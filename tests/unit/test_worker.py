@@ -128,6 +128,38 @@ def test_orders_from_many_records_share_requests_of_at_most_the_batch_size(ledge
     assert sorted(n for n, _ in vendor.accepted) == sorted(numbers)
 
 
+def test_orders_arriving_while_a_batch_goes_out_fill_the_next_request_instead_of_a_small_one(
+    ledger,  # type: ignore[no-untyped-def]
+) -> None:
+    """A steady stream is sent in full requests: what is left behind a full batch waits for
+    the linger to fill up, and is sent once its oldest order has waited that long."""
+    vendor = FakeVendor(max_batch=50)
+
+    async def scenario() -> tuple[list[Outcome], float]:
+        w = worker(vendor, ledger, linger_s=0.2)
+        w.start()
+        stream = Stream(w)
+        try:
+            for i in range(60):  # a full batch and 10 more
+                stream.submit(f"A{i}")
+            await asyncio.sleep(0.05)
+            for i in range(40):  # arrive while those 10 wait
+                stream.submit(f"B{i}")
+            await asyncio.sleep(0.05)
+            stream.submit("C0")  # alone: goes once it has waited the linger
+            started = asyncio.get_running_loop().time()
+            outcomes = await stream.settled()
+            return outcomes, asyncio.get_running_loop().time() - started
+        finally:
+            await w.aclose()
+
+    outcomes, waited = asyncio.run(scenario())
+    assert outcomes == [Outcome.DELIVERED] * 101
+    assert [len(r) for r in vendor.requests] == [50, 50, 1]
+    assert vendor.requests[1] == [f"A{i}" for i in range(50, 60)] + [f"B{i}" for i in range(40)]
+    assert waited < 1.0  # the lone order was not held back beyond its linger
+
+
 def test_transient_failures_are_retried_until_delivered_once(ledger) -> None:  # type: ignore[no-untyped-def]
     vendor = FakeVendor()
     failures = iter([TransientError("HTTP 503", status=503), TransientError("timeout")])
