@@ -113,7 +113,8 @@ class LocalKafka:
     """One broker process. A persistent `data_dir` survives `restart()` and new instances."""
 
     def __init__(self, data_dir: Path | None = None, *, port: int | None = None,
-                 heap: str = "512m", security: BrokerSecurity | None = None) -> None:  # fmt: skip
+                 heap: str = "512m", security: BrokerSecurity | None = None,
+                 flush_every_message: bool = True) -> None:  # fmt: skip
         self._temporary = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="local-kafka-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +124,9 @@ class LocalKafka:
         self.sasl_ssl_port = free_port() if security else None
         self.ssl_port = free_port() if security else None
         self._heap = heap
+        # Tests kill the broker and need every acknowledged record on disk; production brokers
+        # leave flushing to the OS and rely on replication, and so does the benchmark.
+        self._flush_every_message = flush_every_message
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -175,7 +179,7 @@ class LocalKafka:
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
-            "log.flush.interval.messages": "1",  # a killed broker keeps acknowledged records
+            **({"log.flush.interval.messages": "1"} if self._flush_every_message else {}),
             **(self.security.properties() if self.security else {}),
         }  # fmt: skip
         path = self.data_dir / "server.properties"
@@ -283,8 +287,10 @@ def _docker_available() -> bool:
 
 
 @contextlib.contextmanager
-def kafka_cluster(data_dir: Path | None = None) -> Iterator[str]:
-    """Bootstrap servers of a broker to use: existing, testcontainers, or a local one."""
+def kafka_cluster(data_dir: Path | None = None, *,
+                  flush_every_message: bool = True) -> Iterator[str]:  # fmt: skip
+    """Bootstrap servers of a broker to use: existing, testcontainers, or a local one (which
+    flushes every message to disk unless told otherwise: see `LocalKafka`)."""
     existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if existing:
         yield existing
@@ -295,7 +301,7 @@ def kafka_cluster(data_dir: Path | None = None) -> Iterator[str]:
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    with LocalKafka(data_dir) as broker:
+    with LocalKafka(data_dir, flush_every_message=flush_every_message) as broker:
         yield broker.bootstrap_servers
 
 

@@ -73,7 +73,7 @@ class Stage:
 @contextlib.contextmanager
 def staged(options: Options, stack: contextlib.ExitStack, scratch: Path) -> Iterator[Stage]:
     progress("starting the broker, the sink and PostgreSQL")
-    bootstrap = stack.enter_context(kafka_cluster())
+    bootstrap = stack.enter_context(kafka_cluster(flush_every_message=False))
     sink = stack.enter_context(running_sink(free_port(), scratch / "sink.log"))
     needs_pg = any(run in options.runs for run in ("pg", "2p"))
     postgres_url = stack.enter_context(postgres_server()) if needs_pg else None
