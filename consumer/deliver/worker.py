@@ -118,6 +118,11 @@ class _Send:
                             last.topic, last.timestamp)  # fmt: skip
 
 
+def _set_if_pending(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def payload_hash(payload: Payload) -> str:
     """The ledger's hash of what a payload sends (see `Outbound.digest`)."""
     return Outbound.of("", payload).digest
@@ -157,6 +162,7 @@ class DestinationWorker:
         self._claimed: dict[str, _Send] = {}
         self._queue: list[_Send] = []
         self._wakeup = asyncio.Event()
+        self._lingering: asyncio.Future[None] | None = None  # set when a batch fills meanwhile
         self._open = asyncio.Event()  # cleared while the destination is paused
         self._open.set()
         self._pause_reasons: set[str] = set()
@@ -211,6 +217,13 @@ class DestinationWorker:
         send.queued_at = time.monotonic()
         self._queue.append(send)
         self._wakeup.set()
+        lingering = self._lingering
+        if (
+            lingering is not None
+            and not lingering.done()
+            and len(self._queue) >= self.destination.max_batch
+        ):
+            lingering.set_result(None)  # a full batch goes now, not at the end of the linger
 
     async def _run(self) -> None:
         """Send full batches as soon as a slot is free; a partial batch only once its oldest
@@ -226,7 +239,7 @@ class DestinationWorker:
                 if len(self._queue) < max_batch and self._linger_s > 0:
                     wait = self._queue[0].queued_at + self._linger_s - time.monotonic()
                     if wait > 0:
-                        await asyncio.sleep(wait)  # let concurrent records fill the batch
+                        await self._linger(wait)  # let concurrent records fill the batch
                         continue
                 await self._slots.acquire()
                 batch = self._queue[:max_batch]
@@ -234,6 +247,17 @@ class DestinationWorker:
                 task = asyncio.create_task(self._flush(batch))
                 self._tasks.add(task)
                 task.add_done_callback(self._flush_done)
+
+    async def _linger(self, seconds: float) -> None:
+        """Sleep `seconds`, or until the queue holds a full batch."""
+        loop = asyncio.get_running_loop()
+        self._lingering = lingering = loop.create_future()
+        timer = loop.call_later(seconds, _set_if_pending, lingering)
+        try:
+            await lingering
+        finally:
+            timer.cancel()
+            self._lingering = None
 
     def _flush_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -314,45 +338,56 @@ class DestinationWorker:
     # ---- sending -------------------------------------------------------------------------------
 
     async def _deliver(self, batch: list[_Send], *, bisected: bool = False) -> None:
-        attempt = 0
-        failures = self._failed_request_attempts if bisected else 0
-        while batch:
-            if attempt > 0:
-                batch = await self._claim(batch)  # renew our leases; drop what settled
-                if not batch:
-                    return
-            key = idempotency_key(self._secret, self.name, [s.order_number for s in batch])
-            for send in batch:
-                send.attempts += 1
-                send.in_air = True
-            try:
-                await self.destination.send([s.outbound for s in batch], idempotency_key=key)
-            except DeliveryError as exc:
-                if exc.status is not None:  # the vendor answered: it did not take the request
-                    for send in batch:
-                        send.in_air = False
-                if isinstance(exc, FailedRequestError):
-                    failures += 1
-                    if failures >= self._failed_request_attempts:
-                        exc = RejectedError(exc.message, status=exc.status,
-                                            error_class=exc.error_class)  # fmt: skip
-                if isinstance(exc, TransientError | FailedRequestError):
-                    await self._retry_later(batch, exc, attempt)
-                    attempt += 1
-                elif isinstance(exc, PauseError):
-                    await self._pause(exc)
-                    attempt += 1
-                elif isinstance(exc, RejectedError):
-                    # The vendor judged the orders, so it accepted the credentials: a pause
-                    # is over (left closed, the isolated rest would wait with no one to probe).
-                    self._resume()
-                    batch = await self._isolate(batch, exc)
-                    attempt = 1 if batch else 0
-                continue
-            faultpoints.reached("after_vendor_accepted")
-            await self._delivered(batch)
-            faultpoints.reached("after_ledger_write")
-            return
+        probing = False  # this batch met the vendor's refusal and holds the pause
+        try:
+            attempt = 0
+            failures = self._failed_request_attempts if bisected else 0
+            while batch:
+                if attempt > 0:
+                    batch = await self._claim(batch)  # renew our leases; drop what settled
+                    if not batch:
+                        return
+                key = idempotency_key(self._secret, self.name, [s.order_number for s in batch])
+                for send in batch:
+                    send.attempts += 1
+                    send.in_air = True
+                try:
+                    await self.destination.send([s.outbound for s in batch], idempotency_key=key)
+                except DeliveryError as exc:
+                    if exc.status is not None:  # the vendor answered: it did not take it
+                        for send in batch:
+                            send.in_air = False
+                    if isinstance(exc, FailedRequestError):
+                        failures += 1
+                        if failures >= self._failed_request_attempts:
+                            exc = RejectedError(exc.message, status=exc.status,
+                                                error_class=exc.error_class)  # fmt: skip
+                    if isinstance(exc, TransientError | FailedRequestError):
+                        await self._retry_later(batch, exc, attempt)
+                        attempt += 1
+                    elif isinstance(exc, PauseError):
+                        probing = True
+                        await self._pause(exc)
+                        attempt += 1
+                    elif isinstance(exc, RejectedError):
+                        # The vendor judged the orders, so it accepted the credentials: a
+                        # pause is over (left closed, the isolated rest would wait with no
+                        # one to probe).
+                        self._resume()
+                        batch = await self._isolate(batch, exc)
+                        attempt = 1 if batch else 0
+                    continue
+                faultpoints.reached("after_vendor_accepted")
+                await self._delivered(batch)
+                faultpoints.reached("after_ledger_write")
+                return
+        finally:
+            if probing and VENDOR in self._pause_reasons:
+                # The probe left without the vendor's verdict (its orders settled elsewhere,
+                # their partition was revoked, or the worker stops). The other batches wait
+                # behind the pause: the next one probes, instead of all waiting for good.
+                log.info("delivery.probe_handed_on", destination=self.name)
+                self.release_hold(VENDOR)
 
     async def _retry_later(
         self, batch: Sequence[_Send], exc: TransientError | FailedRequestError, attempt: int

@@ -160,6 +160,63 @@ def test_orders_arriving_while_a_batch_goes_out_fill_the_next_request_instead_of
     assert waited < 1.0  # the lone order was not held back beyond its linger
 
 
+def test_a_batch_that_fills_up_goes_at_once_without_waiting_out_the_linger(ledger) -> None:  # type: ignore[no-untyped-def]
+    vendor = FakeVendor(max_batch=50)
+
+    async def scenario() -> tuple[float, list[Outcome]]:
+        w = worker(vendor, ledger, linger_s=2.0)
+        w.start()
+        stream = Stream(w)
+        try:
+            stream.submit("lone")  # starts a 2 s linger
+            await asyncio.sleep(0.1)
+            started = asyncio.get_running_loop().time()
+            for i in range(100):  # two full batches' worth with the lone order, and one more
+                stream.submit(f"F{i}")
+            full = stream.tickets[:100]
+            await asyncio.wait_for(asyncio.gather(*(t.told.wait() for t in full)), 10)
+            filled_after = asyncio.get_running_loop().time() - started
+            return filled_after, await stream.settled()
+        finally:
+            await w.aclose()
+
+    filled_after, outcomes = asyncio.run(scenario())
+    assert filled_after < 1.0  # not the 1.9 s left of the lone order's linger
+    assert outcomes == [Outcome.DELIVERED] * 101
+    assert [len(r) for r in vendor.requests] == [50, 50, 1]
+
+
+def test_a_paused_vendor_is_probed_again_after_the_probing_orders_went_elsewhere(ledger) -> None:  # type: ignore[no-untyped-def]
+    """The batch that met a refusal holds the pause; if its orders settle without the
+    vendor's answer (their partition was revoked), a later batch probes, so orders for a
+    vendor that accepts again are delivered instead of waiting for good."""
+    vendor = FakeVendor()
+    refusing = {"P"}
+    vendor.behaviour = lambda numbers: (
+        CredentialsError("API key refused", status=401) if refusing & set(numbers) else None
+    )
+
+    async def scenario() -> tuple[Stream, bool]:
+        w = worker(vendor, ledger, credentials_retry_s=0.3)
+        w.start()
+        stream = Stream(w)
+        try:
+            probe = stream.submit("P")
+            await asyncio.sleep(0.1)  # refused: the destination is paused, P is the probe
+            assert w.paused
+            probe.abandoned = True  # P's partition is revoked during the pause
+            later = stream.submit("Q")  # the vendor takes Q
+            await asyncio.wait_for(later.told.wait(), 5)
+            return stream, w.paused
+        finally:
+            await w.aclose()
+
+    stream, paused = asyncio.run(scenario())
+    assert stream.tickets[1].outcome is Outcome.DELIVERED
+    assert not paused
+    assert [n for n, _ in vendor.accepted] == ["Q"]
+
+
 def test_transient_failures_are_retried_until_delivered_once(ledger) -> None:  # type: ignore[no-untyped-def]
     vendor = FakeVendor()
     failures = iter([TransientError("HTTP 503", status=503), TransientError("timeout")])
