@@ -166,6 +166,7 @@ class DestinationWorker:
         self._open = asyncio.Event()  # cleared while the destination is paused
         self._open.set()
         self._pause_reasons: set[str] = set()
+        self._probers = 0  # batches the vendor refused that retry while the others wait
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -265,7 +266,7 @@ class DestinationWorker:
 
     async def _flush(self, batch: list[_Send]) -> None:
         try:
-            await self._open.wait()  # paused: only the batch that is failing probes
+            await self._open.wait()  # paused: only the batches the vendor refused retry
             ready = await self._claim(batch)
             if ready:
                 await self._deliver(ready)
@@ -338,7 +339,8 @@ class DestinationWorker:
     # ---- sending -------------------------------------------------------------------------------
 
     async def _deliver(self, batch: list[_Send], *, bisected: bool = False) -> None:
-        probing = False  # this batch met the vendor's refusal and holds the pause
+        probing = False  # the vendor refused this batch; it retries while the others wait
+        stopping = False
         try:
             attempt = 0
             failures = self._failed_request_attempts if bisected else 0
@@ -366,13 +368,18 @@ class DestinationWorker:
                         await self._retry_later(batch, exc, attempt)
                         attempt += 1
                     elif isinstance(exc, PauseError):
-                        probing = True
+                        if not probing:
+                            probing = True
+                            self._probers += 1
                         await self._pause(exc)
                         attempt += 1
                     elif isinstance(exc, RejectedError):
                         # The vendor judged the orders, so it accepted the credentials: a
                         # pause is over (left closed, the isolated rest would wait with no
                         # one to probe).
+                        if probing:
+                            probing = False
+                            self._probers -= 1
                         self._resume()
                         batch = await self._isolate(batch, exc)
                         attempt = 1 if batch else 0
@@ -381,13 +388,19 @@ class DestinationWorker:
                 await self._delivered(batch)
                 faultpoints.reached("after_ledger_write")
                 return
+        except asyncio.CancelledError:
+            stopping = True
+            raise
         finally:
-            if probing and VENDOR in self._pause_reasons:
-                # The probe left without the vendor's verdict (its orders settled elsewhere,
-                # their partition was revoked, or the worker stops). The other batches wait
-                # behind the pause: the next one probes, instead of all waiting for good.
-                log.info("delivery.probe_handed_on", destination=self.name)
-                self.release_hold(VENDOR)
+            if probing:
+                self._probers -= 1
+                if not self._probers and not stopping and VENDOR in self._pause_reasons:
+                    # The last refused batch left without the vendor's verdict (its orders
+                    # settled elsewhere or their partition was revoked). The batches waiting
+                    # behind the pause go, and those the vendor refuses again retry in turn;
+                    # kept closed, the pause would have no one to lift it.
+                    log.info("delivery.pause_reopened", destination=self.name)
+                    self.release_hold(VENDOR)
 
     async def _retry_later(
         self, batch: Sequence[_Send], exc: TransientError | FailedRequestError, attempt: int

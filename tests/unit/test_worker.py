@@ -217,6 +217,51 @@ def test_a_paused_vendor_is_probed_again_after_the_probing_orders_went_elsewhere
     assert [n for n, _ in vendor.accepted] == ["Q"]
 
 
+def test_a_batch_leaving_after_its_verdict_never_lifts_another_batchs_refusal(ledger) -> None:  # type: ignore[no-untyped-def]
+    """X is refused, then judged (A rejected, B retried after a 503); meanwhile Y is refused
+    and holds the pause. B's partition is revoked, so X leaves: the orders waiting behind Y's
+    pause stay waiting, and only Y goes on asking the vendor."""
+    vendor = FakeVendor(max_batch=2)
+    tries = {"X": 0}
+
+    def answer(numbers: list[str]) -> Exception | None:
+        if numbers == ["A", "B"]:
+            tries["X"] += 1
+            if tries["X"] == 1:
+                return CredentialsError("API key refused", status=401)
+            return RejectedError("bad", status=422, culprits={0: "A is invalid"})
+        if numbers == ["B"]:
+            return TransientError("unavailable", status=503, retry_after=0.5)
+        return CredentialsError("API key refused", status=401)
+
+    vendor.behaviour = answer
+
+    async def scenario() -> list[list[str]]:
+        w = worker(vendor, ledger, credentials_retry_s=0.3, linger_s=0.01)
+        w.start()
+        stream = Stream(w)
+        try:
+            stream.submit("A")
+            b = stream.submit("B")
+            await asyncio.sleep(0.4)  # X refused, retried, judged; B waits out its 503
+            stream.submit("Y1")
+            stream.submit("Y2")
+            await asyncio.sleep(0.05)  # Y refused: the destination is paused
+            for i in range(6):
+                stream.submit(f"W{i}")
+            await asyncio.sleep(0.05)
+            sent_before = len(vendor.requests)
+            b.abandoned = True  # X leaves with nothing left to send
+            await asyncio.sleep(0.5)
+            assert w.paused
+            return vendor.requests[sent_before:]
+        finally:
+            await w.aclose()
+
+    after_x_left = asyncio.run(scenario())
+    assert after_x_left and all(r == ["Y1", "Y2"] for r in after_x_left)
+
+
 def test_transient_failures_are_retried_until_delivered_once(ledger) -> None:  # type: ignore[no-untyped-def]
     vendor = FakeVendor()
     failures = iter([TransientError("HTTP 503", status=503), TransientError("timeout")])
