@@ -10,8 +10,6 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from consumer.devenv.bench.paced import WARM_UP_S
-
 RSS_TARGET_MB = 150.0
 LATENCY_SLACK_MS = 50.0
 
@@ -225,8 +223,12 @@ def render(results: Mapping[str, Any]) -> str:
             " 2xx, ms: " + ", ".join(f"{q} {_cell(p, spread=True)}"
                                      for q, p in zip(("p50", "p95", "p99"), paced, strict=True))
         )  # fmt: skip
-        if (warm_up := summary.get("paced warm_up_p99 ms")) is not None:
-            lines.append(f"  (the first {WARM_UP_S:g} s of pacing are left out of these: their p99"
+        warm_up = summary.get("paced warm_up_p99 ms")
+        warm_up_s = next((w for rnd in results["rounds"]
+                          if (w := _get(rnd, "paced", "latency_ms", "warm_up_s")) is not None),
+                         None)  # fmt: skip
+        if warm_up is not None and warm_up_s is not None:
+            lines.append(f"  (the first {warm_up_s:g} s of pacing are left out of these: their p99"
                          f" {_cell(warm_up, spread=True)})")  # fmt: skip
     smallest = s["smallest_batch"]
     lines += [

@@ -56,15 +56,15 @@ TICK_S = 0.1
 COMMITTED_EVERY_S = 0.2
 MIN_WINDOW_SHARE = 0.5
 IDLE_EXIT_S = 30.0
+"""A safety net only: the bench stops the processes as soon as the work is committed. Long, so
+that a member whose partitions are done does not leave mid-run: a rebalance then would be
+measured, not the service."""
 SETTLE_S = 5.0
 """The paced run starts this long after the service's first partition assignment. Its start-up
 (three consumers joining, first connections and imports) and the previous run's teardown share
 the two cores with the broker: with 1 s, the broker took 70-145 ms to acknowledge the first
 paced records, they reached the service 200-380 ms late for 2-7 s, and p99 read 224-456 ms
 against 125-154 ms once settled. Latency at 50% load is a steady-state figure."""
-"""A safety net only: the bench stops the processes as soon as the work is committed. Long, so
-that a member whose partitions are done does not leave mid-run: a rebalance then would be
-measured, not the service."""
 
 
 class RunFailed(RuntimeError):
