@@ -53,6 +53,11 @@ def consumer_config(settings: Settings, group: str) -> dict[str, Any]:
         # With a small local queue, librdkafka waits this long before fetching again once it
         # is full; its default (1 s) starves a lane that drains the queue in milliseconds.
         "fetch.queue.backoff.ms": 20,
+        # The lanes of a process decode each record once only while they read the partitions
+        # in step (decode.SHARED_MAX records apart at most). With librdkafka's 1 MiB of one
+        # partition per fetch, a lane could move on to another partition than its siblings
+        # and never meet them again: draining 40,000 orders decoded 75,053 in half the runs.
+        "max.partition.fetch.bytes": 256 * 1024,
         **settings.kafka,
         "bootstrap.servers": settings.bootstrap_servers,
         "group.id": group,
