@@ -114,7 +114,8 @@ class LocalKafka:
 
     def __init__(self, data_dir: Path | None = None, *, port: int | None = None,
                  heap: str = "512m", security: BrokerSecurity | None = None,
-                 flush_every_message: bool = True) -> None:  # fmt: skip
+                 flush_every_message: bool = True,
+                 initial_rebalance_delay_ms: int = 0) -> None:  # fmt: skip
         self._temporary = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="local-kafka-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +128,10 @@ class LocalKafka:
         # Tests kill the broker and need every acknowledged record on disk; production brokers
         # leave flushing to the OS and rely on replication, and so does the benchmark.
         self._flush_every_message = flush_every_message
+        # Tests make a new group every few seconds and want it served at once; a production
+        # broker waits 3 s for more members before a new group's first assignment, so members
+        # started together are assigned together (the benchmark's two processes rely on it).
+        self._initial_rebalance_delay_ms = initial_rebalance_delay_ms
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -177,7 +182,7 @@ class LocalKafka:
             "transaction.state.log.min.isr": "1",
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
-            "group.initial.rebalance.delay.ms": "0",
+            "group.initial.rebalance.delay.ms": str(self._initial_rebalance_delay_ms),
             "auto.create.topics.enable": "false",
             **({"log.flush.interval.messages": "1"} if self._flush_every_message else {}),
             **(self.security.properties() if self.security else {}),
@@ -287,10 +292,11 @@ def _docker_available() -> bool:
 
 
 @contextlib.contextmanager
-def kafka_cluster(data_dir: Path | None = None, *,
-                  flush_every_message: bool = True) -> Iterator[str]:  # fmt: skip
+def kafka_cluster(data_dir: Path | None = None, *, flush_every_message: bool = True,
+                  initial_rebalance_delay_ms: int = 0) -> Iterator[str]:  # fmt: skip
     """Bootstrap servers of a broker to use: existing, testcontainers, or a local one (which
-    flushes every message to disk unless told otherwise: see `LocalKafka`)."""
+    flushes every message to disk and assigns a new group at once unless told otherwise: see
+    `LocalKafka`)."""
     existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if existing:
         yield existing
@@ -301,7 +307,8 @@ def kafka_cluster(data_dir: Path | None = None, *,
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    with LocalKafka(data_dir, flush_every_message=flush_every_message) as broker:
+    with LocalKafka(data_dir, flush_every_message=flush_every_message,
+                    initial_rebalance_delay_ms=initial_rebalance_delay_ms) as broker:  # fmt: skip
         yield broker.bootstrap_servers
 
 

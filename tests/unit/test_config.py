@@ -77,6 +77,23 @@ def test_kafka_settings_pass_through_to_librdkafka() -> None:
                               "sasl.password": "kafka-password"}  # fmt: skip
 
 
+def test_the_lanes_of_a_process_join_their_groups_under_one_client_id() -> None:
+    """Kafka orders the members of a group by id, and a member's id starts with its client id.
+    One client id for the three lanes of a process (and another for the next process) makes
+    members that join together get the same partitions in every destination's group, which is
+    what lets the lanes of a process share one decode per record. With librdkafka's default
+    client id for all, the bench's two processes decoded every record twice in 2 runs of 4."""
+    from consumer.runner import consumer_config
+
+    first, second = load(BASE), load(BASE)
+    ids = {consumer_config(first, first.destination_group(d))["client.id"]
+           for d in ("nibble", "nudgify", "custobar")}  # fmt: skip
+    assert len(ids) == 1
+    assert ids != {consumer_config(second, second.destination_group("nibble"))["client.id"]}
+    chosen = load({**BASE, "CONSUMER_KAFKA__CLIENT_ID": "orders-eu"})
+    assert consumer_config(chosen, "g")["client.id"] == "orders-eu"
+
+
 def test_settings_the_commit_guarantee_depends_on_cannot_be_overridden() -> None:
     with pytest.raises(ConfigError, match=r"enable\.auto\.offset\.store"):
         load({**BASE, "CONSUMER_KAFKA__ENABLE_AUTO_OFFSET_STORE": "true"})

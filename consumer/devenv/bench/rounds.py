@@ -73,7 +73,10 @@ class Stage:
 @contextlib.contextmanager
 def staged(options: Options, stack: contextlib.ExitStack, scratch: Path) -> Iterator[Stage]:
     progress("starting the broker, the sink and PostgreSQL")
-    bootstrap = stack.enter_context(kafka_cluster(flush_every_message=False))
+    # A broker as in production: flushing left to the OS, a new group's first assignment
+    # after Kafka's default 3 s (so the two processes of a 2p run are assigned together).
+    broker = kafka_cluster(flush_every_message=False, initial_rebalance_delay_ms=3000)
+    bootstrap = stack.enter_context(broker)
     sink = stack.enter_context(running_sink(free_port(), scratch / "sink.log"))
     needs_pg = any(run in options.runs for run in ("pg", "2p"))
     postgres_url = stack.enter_context(postgres_server()) if needs_pg else None
