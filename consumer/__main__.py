@@ -86,7 +86,9 @@ async def _run(settings: config.Settings, *, idle_exit_s: float | None) -> int:
     service = await build_service(settings)
     finished = await service.run(stop, idle_exit_s=idle_exit_s)
     log = logs.get_logger("consumer")
-    log.info("consumer.summary", outcomes=service.summary())
+    log.info(
+        "consumer.summary", outcomes=service.summary(), records_decoded=service.decoder.decoded
+    )
     if not finished and idle_exit_s is not None:  # a batch job stopped before it was done
         log.error("consumer.unfinished", in_flight=service.in_flight)
         return EXIT_UNFINISHED

@@ -72,6 +72,7 @@ class Decoder:
         self._known: dict[int, tuple[Any, Any]] = {}  # schema id → (writer, reader or None)
         self._shared: OrderedDict[tuple[str, int, int], list[Any]] = OrderedDict()
         self.readers = 0  # lanes decoding the same records (each lane adds itself)
+        self.decoded = 0  # records decoded: one per record read while the lanes share
         self._unknown: dict[int, UndecodableError] = {}  # ids the registry does not know
 
     async def decode(self, value: bytes | None) -> Order:
@@ -125,6 +126,7 @@ class Decoder:
         return result
 
     def decode_now(self, value: bytes | None) -> Order:
+        self.decoded += 1
         if not value:
             raise UndecodableError("empty record value (tombstone?)")
         if self._registry is not None:

@@ -72,6 +72,8 @@ def test_a_200_order_bench_of_a_b_and_d0_writes_the_results_json(
     d0 = rnd["D"]["D0 sqlite x1"]
     assert d0["orders"] == 200 and d0["layout"] == "per-destination groups"
     assert not any(d0["missing"].values()) and not any(d0["duplicates"].values())
+    # The service's summary says how often it decoded: its three lanes shared each record.
+    assert d0["decodes_per_order"] == 1.0
     assert {"A raw drain records/s", "B CPU ceiling orders/s", "D0 sqlite x1 orders/s"} <= set(
         results["summary"]
     )

@@ -189,30 +189,3 @@ def test_one_bad_order_in_a_batch_is_dead_lettered_for_that_vendor_and_the_rest_
     assert b"Email does not match" in letters["nudgify"]["dlq.error.message"]
     assert b"rejected by the sandbox" in letters["custobar"]["dlq.error.message"]
     assert stage.committed() == stage.end_offsets()
-
-
-def test_the_lanes_of_a_process_draining_a_backlog_share_their_decodes(
-    stage: Stage, sandbox: SandboxControl, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Three lanes read the same partitions through three consumers and share one decode per
-    record while they read in step. With librdkafka's 1 MiB of one partition per fetch, a lane
-    could go on to another partition than its siblings and never meet them again: this backlog
-    was then decoded twice over (72,000 decodes for 36,000 records, one run in three).
-    Lanes whose vendors answer at different speeds still drift apart a little (up to 1.17
-    decodes per record seen here), which the bound leaves room for."""
-    from consumer.decode import Decoder
-
-    decodes = 0
-    real = Decoder.decode_now
-
-    def counted(self: Decoder, value: bytes | None):  # type: ignore[no-untyped-def]
-        nonlocal decodes
-        decodes += 1
-        return real(self, value)
-
-    monkeypatch.setattr(Decoder, "decode_now", counted)
-    stage = Stage(stage.bootstrap, stage.sandbox_url, stage.creds, stage.tmp, partitions=6)
-    orders = stage.produce_orders(36_000)  # 3 MB a partition: several fetches of each
-    stage.run_in_process(timeout_s=240)
-    assert stage.committed() == stage.end_offsets()
-    assert decodes <= len(orders) * 1.4

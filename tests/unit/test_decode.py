@@ -175,6 +175,7 @@ def test_lanes_of_one_process_share_one_decode_per_record(monkeypatch: pytest.Mo
     monkeypatch.setattr(decoder, "decode_now", lambda v: calls.append(v) or real(v))
     orders = [decoder.decode_shared(("orders", 0, 7), value) for _ in range(3)]
     assert len(calls) == 1 and orders[0] is orders[1] is orders[2]
+    assert decoder.decoded == 1  # what the service's summary reports
     decoder.decode_shared(("orders", 0, 7), value)  # every lane took it: gone, decoded anew
     assert len(calls) == 2
     with pytest.raises(UndecodableError):  # a poison record is poison for every lane

@@ -4,6 +4,7 @@ service's own JSON log lines (when it got its partitions)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -79,6 +80,22 @@ def first_assigned(logs: Sequence[Path]) -> float | None:
     """Wall-clock time of the first `consumer.assigned` event in the processes' JSON logs."""
     moments = _events(logs, ("consumer.assigned",))
     return min(moments, default=None)
+
+
+def records_decoded(logs: Sequence[Path]) -> int | None:
+    """Records the processes decoded, from their `consumer.summary` lines (None: a version
+    that does not say, or a process that did not get to say)."""
+    counts = []
+    for path in logs:
+        found = None
+        for line in path.read_text(errors="replace").splitlines():
+            if '"consumer.summary"' in line:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    found = json.loads(line).get("records_decoded")
+        counts.append(found)
+    if not counts or any(not isinstance(c, int) for c in counts):
+        return None
+    return sum(c for c in counts if isinstance(c, int))
 
 
 def last_rebalance(logs: Sequence[Path], *, before: float) -> float | None:

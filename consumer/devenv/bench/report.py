@@ -120,6 +120,7 @@ D_METRICS = {
     "peak RSS MB": "peak_rss_mb",
     "start-up s": "startup_s",
     "busy cores": "service_cores",
+    "decodes/order": "decodes_per_order",
 }
 FIELDS = {"records/s": "records_per_s", **D_METRICS}
 
@@ -167,7 +168,8 @@ def measurements(summary: Mapping[str, Mapping[str, float]]) -> str:
         for metric in FIELDS:
             if name.endswith(" " + metric):
                 rows[name[: -len(metric) - 1]] = None
-    header = ["run", "rate /s", "CPU-µs/order", "peak RSS MB", "start-up s", "service cores"]
+    header = ["run", "rate /s", "CPU-µs/order", "peak RSS MB", "start-up s", "service cores",
+              "decodes/order"]  # fmt: skip
     table = [header]
     for row in rows:
         rate = summary.get(f"{row} orders/s") or summary.get(f"{row} records/s")
@@ -177,6 +179,7 @@ def measurements(summary: Mapping[str, Mapping[str, float]]) -> str:
             _cell(summary.get(f"{row} peak RSS MB"), spread=False),
             _cell(summary.get(f"{row} start-up s"), spread=False),
             _cell(summary.get(f"{row} busy cores"), spread=False),
+            _cell(summary.get(f"{row} decodes/order"), spread=True),
         ])  # fmt: skip
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     return "\n".join(

@@ -37,6 +37,7 @@ from consumer.devenv.bench.probes import (
     first_assigned,
     last_rebalance,
     machine_busy,
+    records_decoded,
     tail,
 )
 from consumer.devenv.bench.sink import SinkProcess
@@ -112,6 +113,9 @@ class ServiceResult:
     exit_codes: list[int]
     latency_ms: dict[str, float | None] = field(default_factory=dict)  # p50/p95/p99 (paced runs)
     window_share: float = 1.0  # of the orders, the share committed in the timed window
+    # Records decoded per order run: 1 when the lanes of each process shared every decode
+    # (None: the version measured does not say).
+    decodes_per_order: float | None = None
 
 
 @dataclass
@@ -298,6 +302,8 @@ class ServiceRun:
             peak_requests_per_s=_peak_rate(arrivals), exit_codes=codes,
         )  # fmt: skip
         result.window_share = measured / self.count
+        decoded = records_decoded(self.logs)
+        result.decodes_per_order = None if decoded is None else decoded / self.count
         if result.window_share < MIN_WINDOW_SHARE:
             # A rebalance late in the run leaves a window too short to trust (commit lag counts
             # for more in it): say so instead of printing a rate that errs high.
