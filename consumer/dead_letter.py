@@ -31,7 +31,8 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 _CONSUMER_ONLY = ("auto.offset.reset", "fetch.", "max.poll", "session.", "heartbeat.",
-                  "isolation.", "group.", "enable.partition.eof")  # fmt: skip
+                  "isolation.", "group.", "enable.partition.eof", "max.partition.",
+                  "queued.")  # fmt: skip
 
 
 class KafkaDeadLetters:

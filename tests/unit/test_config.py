@@ -94,6 +94,20 @@ def test_the_lanes_of_a_process_join_their_groups_under_one_client_id() -> None:
     assert consumer_config(chosen, "g")["client.id"] == "orders-eu"
 
 
+def test_consumer_only_kafka_settings_stay_off_the_dead_letter_producer() -> None:
+    """librdkafka warns at every start about a consumer property given to a producer."""
+    from consumer.dead_letter import producer_config
+
+    settings = load({**BASE, "CONSUMER_KAFKA__MAX_PARTITION_FETCH_BYTES": "524288",
+                     "CONSUMER_KAFKA__QUEUED_MAX_MESSAGES_KBYTES": "4096",
+                     "CONSUMER_KAFKA__FETCH_WAIT_MAX_MS": "100",
+                     "CONSUMER_KAFKA__CLIENT_ID": "orders-eu-1"})  # fmt: skip
+    producer = producer_config(settings)
+    assert not {"max.partition.fetch.bytes", "queued.max.messages.kbytes",
+                "fetch.wait.max.ms"} & set(producer)  # fmt: skip
+    assert producer["client.id"] == "orders-eu-1"
+
+
 def test_settings_the_commit_guarantee_depends_on_cannot_be_overridden() -> None:
     with pytest.raises(ConfigError, match=r"enable\.auto\.offset\.store"):
         load({**BASE, "CONSUMER_KAFKA__ENABLE_AUTO_OFFSET_STORE": "true"})
