@@ -12,6 +12,9 @@ instance's claims are taken over once their leases run out (and counted as `take
 A small pool of connections (`POOL_SIZE`), one per call in progress; each call is one short
 transaction. A connection that broke is dropped and replaced on the next call, so the caller's
 retry of a `LedgerError` is all that is needed to ride out a database restart.
+
+A batch's arrays go out in binary (`%b`): psycopg's text dumper quotes every element in Python,
+118 µs for a 50-order batch's three arrays where the binary one takes 22.
 """
 
 from __future__ import annotations
@@ -163,7 +166,7 @@ class PostgresLedger:
                             claim_until, claims, claimed_at)
                         SELECT %s, t.number, %s,
                                clock_timestamp() + make_interval(secs => %s), 1, clock_timestamp()
-                        FROM unnest(%s::text[]) WITH ORDINALITY AS t(number, i)
+                        FROM unnest(%b::text[]) WITH ORDINALITY AS t(number, i)
                         ORDER BY t.i
                         ON CONFLICT (destination, order_number) DO NOTHING
                         RETURNING order_number""",
@@ -216,7 +219,7 @@ class PostgresLedger:
             """SELECT order_number, payload_hash, source_topic, source_partition,
                        source_offset, source_timestamp, claim_owner,
                        extract(epoch FROM claim_until)::float8
-                FROM deliveries WHERE destination = %s AND order_number = ANY(%s)
+                FROM deliveries WHERE destination = %s AND order_number = ANY(%b)
                 ORDER BY order_number COLLATE "C" FOR UPDATE""",
             (destination, list(numbers)),
         )
@@ -241,7 +244,7 @@ class PostgresLedger:
             return set()
         cursor = await conn.execute(
             """SELECT key, payload_hash FROM dead_letters
-               WHERE destination = %s AND state = 'written' AND key = ANY(%s)""",
+               WHERE destination = %s AND state = 'written' AND key = ANY(%b)""",
             (destination, sorted({key for key, _ in keys})),
         )
         found = {(key, payload_hash) for key, payload_hash in await cursor.fetchall()}
@@ -265,7 +268,7 @@ class PostgresLedger:
                    claimed_at = CASE WHEN d.claim_owner IS NOT DISTINCT FROM %s
                                      THEN d.claimed_at ELSE to_timestamp(%s) END,
                    taken_over = d.taken_over + t.taken
-               FROM unnest(%s::text[], %s::int[]) AS t(number, taken)
+               FROM unnest(%b::text[], %b::int[]) AS t(number, taken)
                WHERE d.destination = %s AND d.order_number = t.number""",
             (owner, now + lease_s, owner, owner, now, [n for n, _ in writes],
              [t for _, t in writes], destination),
@@ -288,8 +291,8 @@ class PostgresLedger:
                            delivered_at)
                        SELECT %(d)s, t.number, t.hash, t.topic, t.part, t.off, t.ts,
                               clock_timestamp()
-                       FROM unnest(%(n)s::text[], %(h)s::text[], %(t)s::text[], %(p)s::int[],
-                                   %(o)s::bigint[], %(s)s::bigint[])
+                       FROM unnest(%(n)b::text[], %(h)b::text[], %(t)b::text[], %(p)b::int[],
+                                   %(o)b::bigint[], %(s)b::bigint[])
                             AS t(number, hash, topic, part, off, ts)
                        ON CONFLICT (destination, order_number) DO UPDATE SET
                            payload_hash = excluded.payload_hash,
@@ -328,14 +331,14 @@ class PostgresLedger:
         # claim index, whose dead entries (every release leaves one) it then walked: a mark
         # took 4 ms at 5,000 orders and 28 ms at 30,000.
         await conn.execute(
-            """DELETE FROM deliveries WHERE destination = %s AND order_number = ANY(%s)
+            """DELETE FROM deliveries WHERE destination = %s AND order_number = ANY(%b)
                AND claim_owner IS NOT DISTINCT FROM %s AND payload_hash IS NULL
                AND taken_over = 0""",
             (destination, list(numbers), owner),
         )
         await conn.execute(
             """UPDATE deliveries SET claim_owner = NULL, claim_until = 'epoch', claimed_at = NULL
-               WHERE destination = %s AND order_number = ANY(%s)
+               WHERE destination = %s AND order_number = ANY(%b)
                AND claim_owner IS NOT DISTINCT FROM %s""",
             (destination, list(numbers), owner),
         )
