@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -87,12 +88,8 @@ def records_decoded(logs: Sequence[Path]) -> int | None:
     that does not say, or a process that did not get to say)."""
     counts = []
     for path in logs:
-        found = None
-        for line in path.read_text(errors="replace").splitlines():
-            if '"consumer.summary"' in line:
-                with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    found = json.loads(line).get("records_decoded")
-        counts.append(found)
+        said = [e.get("records_decoded") for e in _logged(path, ("consumer.summary",))]
+        counts.append(said[-1] if said else None)
     if not counts or any(not isinstance(c, int) for c in counts):
         return None
     return sum(c for c in counts if isinstance(c, int))
@@ -106,17 +103,25 @@ def last_rebalance(logs: Sequence[Path], *, before: float) -> float | None:
 
 
 def _events(logs: Sequence[Path], names: Sequence[str]) -> list[float]:
-    wanted = tuple(f'"{name}"' for name in names)
     moments = []
     for path in logs:
-        for line in path.read_text(errors="replace").splitlines():
-            if not any(name in line for name in wanted):
-                continue
-            try:
-                moments.append(datetime.fromisoformat(json.loads(line)["timestamp"]).timestamp())
-            except (ValueError, KeyError, TypeError):
-                continue
+        for event in _logged(path, names):
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                moments.append(datetime.fromisoformat(event["timestamp"]).timestamp())
     return moments
+
+
+def _logged(path: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The JSON log lines of one process that record one of the named events."""
+    wanted = tuple(f'"{name}"' for name in names)
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        if any(name in line for name in wanted):
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    found.append(event)
+    return found
 
 
 def tail(path: Path, lines: int = 15) -> str:
