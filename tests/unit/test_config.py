@@ -81,8 +81,9 @@ def test_the_lanes_of_a_process_join_their_groups_under_one_client_id() -> None:
     """librdkafka's assignor orders the members of a rebalance by member id, which starts with
     the client id. One client id for the three lanes of a process (and another for the next
     process) makes members that join together get the same partitions in every destination's
-    group, which is what lets the lanes of a process share one decode per record. With librdkafka's default
-    client id for all, the bench's two processes decoded every record twice in 2 runs of 4."""
+    group, which is what lets the lanes of a process share one decode per record. With
+    librdkafka's default client id for all, the bench's two processes decoded every record
+    twice in 2 runs of 4."""
     from consumer.runner import consumer_config
 
     first, second = load(BASE), load(BASE)
