@@ -218,13 +218,8 @@ class DestinationWorker:
         send.queued_at = time.monotonic()
         self._queue.append(send)
         self._wakeup.set()
-        lingering = self._lingering
-        if (
-            lingering is not None
-            and not lingering.done()
-            and len(self._queue) >= self.destination.max_batch
-        ):
-            lingering.set_result(None)  # a full batch goes now, not at the end of the linger
+        if self._lingering is not None and len(self._queue) >= self.destination.max_batch:
+            _set_if_pending(self._lingering)  # a full batch goes now, not at the linger's end
 
     async def _run(self) -> None:
         """Send full batches as soon as a slot is free; a partial batch only once its oldest
