@@ -267,12 +267,18 @@ class LocalKafka:
         self.start()
 
     def close(self) -> None:
-        self.stop()
-        if self._temporary:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+        try:
+            self.stop()
+        finally:
+            if self._temporary:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalKafka:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # Ctrl-C while the JVM boots: it runs in a session of its own
+            self.close()
+            raise
 
     def __exit__(self, *_: object) -> None:
         self.close()

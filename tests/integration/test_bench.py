@@ -12,9 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from confluent_kafka.admin import AdminClient
 
-from consumer.devenv.bench.sink import running_sink
-from consumer.devenv.kafka import free_port
+from consumer.devenv.bench import sink as sink_module
+from consumer.devenv.bench.sink import SinkProcess, running_sink
+from consumer.devenv.kafka import LocalKafka, free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,3 +82,54 @@ def test_a_200_order_bench_of_a_b_and_d0_writes_the_results_json(
     assert results["ratios"]["D0 / B"]["median"] > 0
     assert results["sink"]["headroom_ok"]
     assert "D0 / B" in done.stdout
+    # A cluster the bench did not start is left as it was found: no bench topic, no group.
+    assert results["broker"] == "KAFKA_BOOTSTRAP_SERVERS"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    leftovers = [t for t in admin.list_topics(timeout=10).topics if t.startswith("bench-")]
+    assert leftovers == []
+    groups = admin.list_consumer_groups().result(timeout=10).valid
+    assert [g.group_id for g in groups if g.group_id.startswith("bench-")] == []
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C, arriving while a child process of the bench is still starting."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\tZ" not in status.read_text().split("State:")[1][:4]
+
+
+def test_ctrl_c_while_the_broker_starts_stops_it_and_removes_its_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def interrupted(self: LocalKafka) -> None:
+        raise _Interrupted
+
+    monkeypatch.setattr(LocalKafka, "_wait_ready", interrupted)
+    broker = LocalKafka()
+    with pytest.raises(_Interrupted), broker:
+        pass
+    assert broker._process is not None  # the JVM was started (in a session of its own)
+    assert not _alive(broker._process.pid)
+    assert not broker.data_dir.exists()
+
+
+def test_ctrl_c_while_the_sink_starts_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[SinkProcess] = []
+
+    def interrupted(self: SinkProcess) -> None:
+        started.append(self)
+        raise _Interrupted
+
+    monkeypatch.setattr(sink_module.SinkProcess, "_wait_ready", interrupted)
+    with pytest.raises(_Interrupted), running_sink(free_port(), tmp_path / "sink.log"):
+        pass
+    (sink,) = started
+    assert not _alive(sink.pid)

@@ -13,42 +13,93 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from consumer.devenv.bench import report
 from consumer.devenv.bench.charts import plot
 from consumer.devenv.bench.rounds import RUNS, Bench, Options, service_settings, staged
-from consumer.devenv.bench.stage import COMMIT_INTERVAL_MS, ROOT, progress, scratch_dir
+from consumer.devenv.bench.stage import (
+    COMMIT_INTERVAL_MS,
+    ROOT,
+    progress,
+    resolve_ref,
+    scratch_dir,
+)
 
 SINK_HEADROOM = 3.0  # the sink must take at least this many times the busiest second's requests
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x)
+RUN_NAMES = {
+    "A": "raw drain",
+    "B": "CPU ceiling (always run once: the D runs check the sink against its keys)",
+    "C": "naive consumer at --latency-ms",
+    "D0": "the service, SQLite ledger, vendors answering at once",
+    "DL": "the service, SQLite ledger, vendors answering after --latency-ms",
+    "pg": "D0 and DL with a PostgreSQL ledger",
+    "2p": "D0 and DL with a PostgreSQL ledger and two processes in one group",
+    "paced": "latency at 50% of DL's rate (needs DL)",
+    "sweep": "MAX_IN_FLIGHT and vendor latency sweeps for the plot, once",
+}
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x)
+def _number(kind: type[int] | type[float], minimum: float, *, above: bool = False
+            ) -> Callable[[str], Any]:  # fmt: skip
+    """An argparse type: a number at least (or above) `minimum`, with a one-line error."""
+    word = "above" if above else "at least"
+
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < minimum or (above and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text} must be {word} {minimum:g}")
+        return value
+
+    return convert
+
+
+def _numbers(kind: type[int] | type[float], minimum: float) -> Callable[[str], tuple[Any, ...]]:
+    one = _number(kind, minimum)
+
+    def convert(text: str) -> tuple[Any, ...]:
+        values = tuple(one(part) for part in text.split(",") if part.strip())
+        if not values:
+            raise argparse.ArgumentTypeError("give at least one value, e.g. 100,500")
+        return values
+
+    return convert
 
 
 def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     d = Options()
+    runs_help = "; ".join(f"{name}: {what}" for name, what in RUN_NAMES.items())
+    runs_help = runs_help.replace("%", "%%")  # argparse formats help with %
     p = argparse.ArgumentParser(prog="python -m consumer.devenv.bench", description=__doc__)
-    p.add_argument("--orders", type=int, default=d.orders, help="orders preloaded (A, B, D)")
-    p.add_argument("--partitions", type=int, default=d.partitions)
-    p.add_argument("--rounds", type=int, default=d.rounds)
-    p.add_argument("--latency-ms", type=float, default=d.latency_ms,
-                   help="the vendor latency of C, D<L> and the paced run")  # fmt: skip
-    p.add_argument("--naive-seconds", type=float, default=d.naive_seconds, help="C's time box")
-    p.add_argument("--paced-seconds", type=float, default=d.paced_seconds)
-    p.add_argument("--sweep-orders", type=int, default=d.sweep_orders)
-    p.add_argument("--in-flight", type=_ints, default=d.in_flight, help="e.g. 100,500,2000")
-    p.add_argument("--latencies", type=_floats, default=d.latencies, help="e.g. 0,5,20,50")
-    p.add_argument("--baseline", default=None, help="a git ref to measure B and D0/D<L> of too")
-    p.add_argument("--runs", default=",".join(RUNS), help=f"a subset of {','.join(RUNS)}")
-    p.add_argument("--sink-seconds", type=float, default=3.0, help="the sink's own load test")
+    p.add_argument("--orders", type=_number(int, 1), default=d.orders,
+                   help="orders preloaded (A, B, D)")  # fmt: skip
+    p.add_argument("--partitions", type=_number(int, 1), default=d.partitions)
+    p.add_argument("--rounds", type=_number(int, 1), default=d.rounds)
+    p.add_argument("--latency-ms", type=_number(float, 0, above=True), default=d.latency_ms,
+                   help="the vendor latency of C, DL and the paced run")  # fmt: skip
+    p.add_argument("--naive-seconds", type=_number(float, 0, above=True),
+                   default=d.naive_seconds, help="C's time box")  # fmt: skip
+    p.add_argument("--paced-seconds", type=_number(float, 0, above=True),
+                   default=d.paced_seconds)  # fmt: skip
+    p.add_argument("--sweep-orders", type=_number(int, 1), default=d.sweep_orders)
+    p.add_argument("--in-flight", type=_numbers(int, 1), default=d.in_flight,
+                   help="e.g. 100,500,2000")  # fmt: skip
+    p.add_argument("--latencies", type=_numbers(float, 0), default=d.latencies,
+                   help="e.g. 0,5,20,50")  # fmt: skip
+    p.add_argument("--baseline", default=None, help="a git ref to measure B and D0/DL of too")
+    p.add_argument("--runs", default=",".join(RUNS),
+                   help=f"a subset of {','.join(RUNS)} ({runs_help})")  # fmt: skip
+    p.add_argument("--sink-seconds", type=_number(float, 0, above=True), default=3.0,
+                   help="the sink's own load test")  # fmt: skip
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench-results")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to the JSON)")
     args = p.parse_args(argv)
@@ -56,6 +107,17 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     unknown = set(runs) - set(RUNS)
     if unknown:
         p.error(f"unknown runs {sorted(unknown)}; choose from {','.join(RUNS)}")
+    if not runs:
+        p.error(f"--runs names no run; choose from {','.join(RUNS)}")
+    if "paced" in runs and "DL" not in runs:
+        p.error("the paced run paces at half of DL's rate: add DL to --runs")
+    # Found out before ten minutes of measuring, not when the results are written.
+    for label, directory in (("--out-dir", args.out_dir),
+                             ("--plot", args.plot.parent if args.plot else None)):  # fmt: skip
+        if directory is not None and (problem := _unwritable(directory)):
+            p.error(f"{label} {directory}: {problem}")
+    if args.baseline and (problem := resolve_ref(args.baseline)):
+        p.error(f"--baseline {args.baseline}: {problem}")
     options = Options(orders=args.orders, partitions=args.partitions, rounds=args.rounds,
                       latency_ms=args.latency_ms, naive_seconds=args.naive_seconds,
                       paced_seconds=args.paced_seconds, sweep_orders=args.sweep_orders,
@@ -64,15 +126,37 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     return options, args
 
 
-def _terminate(_signum: int, _frame: Any) -> NoReturn:
-    raise KeyboardInterrupt  # the same clean-up as Ctrl-C
+def _unwritable(directory: Path) -> str | None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+class _Interrupt:
+    """The first SIGINT, SIGTERM or SIGHUP stops the bench; later ones while it cleans up only
+    say so (a second Ctrl-C must not leave a broker or its data directory behind)."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, _signum: int, _frame: Any) -> None:
+        if self.received:
+            progress("still stopping every process and removing temporary files; please wait")
+            return
+        self.received = True
+        raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     options, args = parse(argv)
-    # Also SIGINT: a shell that starts us in the background hands it down ignored.
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
+    # Also SIGINT: a shell that starts us in the background hands it down ignored. SIGHUP: a
+    # closed terminal or a dropped SSH session.
+    interrupt = _Interrupt()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
     started = time.time()
     load_before = os.getloadavg()
     settings = service_settings()
@@ -89,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             capacity = bench.sink_capacity(args.sink_seconds)
             bench.run()
             trees = [{"label": t.label, "commit": t.commit} for t in stage.trees]
+            external = stage.external
     except KeyboardInterrupt:
         progress("interrupted: every process stopped, temporary files removed")
         return 130
@@ -113,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                     "load_after": os.getloadavg(), "python": platform.python_version()},
         "options": {**vars(options), "runs": list(options.runs)},
         "trees": trees,
+        "broker": "KAFKA_BOOTSTRAP_SERVERS" if external else "the bench's own",
         "settings": {"commit_interval_ms": COMMIT_INTERVAL_MS, "batches": batches,
                      "smallest_batch": smallest, "concurrency": concurrency,
                      "linger_ms": settings.delivery.linger_ms,

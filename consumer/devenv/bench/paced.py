@@ -36,10 +36,12 @@ class Pacer(threading.Thread):
         self._producer.list_topics(topic, timeout=10)
         self._topic, self._values, self._rate, self._count = topic, values, rate, count
         self.timestamps: dict[int, float] = {}
+        self.started_at: float | None = None  # wall time of the first record
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
+            self.started_at = time.time()
             started = time.monotonic()
             sent = 0
             while sent < self._count:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from consumer.devenv.bench.stage import (
     end_offsets,
     preload,
     progress,
+    remove_leftovers,
     service_env,
 )
 from consumer.devenv.kafka import create_topic, free_port, kafka_cluster
@@ -67,16 +69,25 @@ class Stage:
     scratch: Path
     postgres_url: str | None
     values_path: Path
+    external: bool  # KAFKA_BOOTSTRAP_SERVERS: a cluster the bench did not start
     keys: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # tree label → keys
 
 
 @contextlib.contextmanager
 def staged(options: Options, stack: contextlib.ExitStack, scratch: Path) -> Iterator[Stage]:
+    external = bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    if external:
+        progress("using the cluster at KAFKA_BOOTSTRAP_SERVERS; its own settings apply (a"
+                 " group.initial.rebalance.delay.ms other than 3000 changes start-up and the"
+                 " two-process runs)")  # fmt: skip
     progress("starting the broker, the sink and PostgreSQL")
     # A broker as in production: flushing left to the OS, a new group's first assignment
     # after Kafka's default 3 s (so the two processes of a 2p run are assigned together).
     broker = kafka_cluster(flush_every_message=False, initial_rebalance_delay_ms=3000)
     bootstrap = stack.enter_context(broker)
+    name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    if external:
+        stack.callback(remove_leftovers, bootstrap, name)
     sink = stack.enter_context(running_sink(free_port(), scratch / "sink.log"))
     needs_pg = any(run in options.runs for run in ("pg", "2p"))
     postgres_url = stack.enter_context(postgres_server()) if needs_pg else None
@@ -86,7 +97,6 @@ def staged(options: Options, stack: contextlib.ExitStack, scratch: Path) -> Iter
     if options.baseline:
         progress(f"checking out the baseline {options.baseline} into a temporary worktree")
         trees.append(stack.enter_context(baseline_tree(options.baseline, scratch)))
-    name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     progress(f"preloading {options.orders:,} orders into {name} ({options.partitions} partitions)")
     values_path = scratch / "values.bin"
     topic = preload(bootstrap, name, orders=options.orders, partitions=options.partitions,
@@ -95,7 +105,7 @@ def staged(options: Options, stack: contextlib.ExitStack, scratch: Path) -> Iter
     if "sweep" in options.runs:
         sweep_topic = _prefix_topic(bootstrap, topic, min(options.sweep_orders, options.orders))
     yield Stage(bootstrap, sink, topic, sweep_topic, trees, children, scratch, postgres_url,
-                values_path)  # fmt: skip
+                values_path, external)  # fmt: skip
 
 
 def _prefix_topic(bootstrap: str, topic: Topic, orders: int) -> Topic:
@@ -152,13 +162,21 @@ class Bench:
         self._step = 0
         self._steps = self._count_steps()
 
+    @property
+    def _needs_keys(self) -> bool:
+        """B runs at least once when a D run will be checked against the keys it found."""
+        runs = self.options.runs
+        return bool(self._specs()) or "paced" in runs or "sweep" in runs
+
     def _count_steps(self) -> int:
-        per_round = sum(1 for run in ("A", "B", "C", "paced") if run in self.options.runs)
+        runs = self.options.runs
+        per_round = sum(1 for run in ("A", "B", "C", "paced") if run in runs)
         per_round += len(self._specs())
         if self.options.baseline:
-            per_round += ("B" in self.options.runs) + len(self._old_specs())
-        sweep = len(self._sweep_specs()) if "sweep" in self.options.runs else 0
-        return per_round * self.options.rounds + sweep
+            per_round += 1 + len(self._old_specs())  # the baseline's B runs in every round
+        once = 1 if "B" not in runs and self._needs_keys else 0
+        sweep = len(self._sweep_specs()) if "sweep" in runs else 0
+        return per_round * self.options.rounds + once + sweep
 
     def _specs(self) -> list[ServiceSpec]:
         runs, lat = self.options.runs, self.options.latency_ms
@@ -212,7 +230,7 @@ class Bench:
                 where, "A raw drain", lambda: drain(stage.bootstrap, stage.topic)
             )
             rnd["A"] = asdict(result) if result else None
-        if "B" in runs or ours.label not in stage.keys:
+        if "B" in runs or (self._needs_keys and ours.label not in stage.keys):
             rnd["B"] = self._attempt(where, f"B CPU ceiling ({ours.commit})",
                                      lambda: ceiling(stage, ours))  # fmt: skip
         old = stage.trees[1] if len(stage.trees) > 1 else None
@@ -249,9 +267,16 @@ class Bench:
                                                                  progress=progress))  # fmt: skip
         if result is None:
             return None
-        if any(result.missing.values()):
-            self.failures.append(f"{where} {label}: orders missing at the sink {result.missing}")
         r = result
+        if any(r.missing.values()):
+            # Its rate would count work it did not do: reported, left out of every summary.
+            message = (
+                f"{where} {label}: orders missing at the sink {r.missing}; its"
+                f" {r.orders_per_s:,.0f} orders/s are left out of the medians and ratios"
+            )
+            self.failures.append(message)
+            progress(f"FAILED {message}")
+            return None
         progress(
             f"    {r.orders_per_s:,.0f} orders/s, {r.cpu_us_per_order:.0f} CPU-µs/order, peak RSS"
             f" {r.peak_rss_mb:.0f} MB; cores busy: service {r.service_cores:.2f}, machine"
@@ -269,6 +294,10 @@ class Bench:
             return None
         spec = ServiceSpec(lat, paced_rate=measured / 2, paced_seconds=self.options.paced_seconds)
         result = self._service(where, spec, tree, self.stage.topic, number)
+        if result and not result["latency_ms"]:
+            message = f"{where} paced: no latency measured after the warm-up (raise --orders)"
+            self.failures.append(message)
+            progress(f"FAILED {message}")
         if result and result["latency_ms"]:
             p = result["latency_ms"]
             warm_up = p.get("warm_up_p99")

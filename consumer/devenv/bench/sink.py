@@ -118,14 +118,18 @@ class SinkProcess:
     def __init__(self, port: int, log_path: Path) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self._client = httpx.Client(base_url=self.url, timeout=30)
         with log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "consumer.devenv.bench.sink", "--port", str(port)],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
             )  # fmt: skip
-        self._client = httpx.Client(base_url=self.url, timeout=30)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:  # Ctrl-C while it starts: it runs in a session of its own
+            self.close()
+            raise
 
     @property
     def pid(self) -> int:

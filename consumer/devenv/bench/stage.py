@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from consumer.devenv.bench.ceiling import write_values
 from consumer.devenv.kafka import create_topic
@@ -107,6 +108,16 @@ def baseline_tree(ref: str, parent: Path) -> Iterator[CodeTree]:
         _git("worktree", "prune")
 
 
+def resolve_ref(ref: str) -> str | None:
+    """None when `ref` names a commit of this repository, else git's own one-line reason."""
+    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    if done.returncode == 0:
+        return None
+    reason = (done.stderr.strip().splitlines() or [""])[-1]
+    return reason or "not a commit of this repository (git rev-parse found none)"
+
+
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True,
                           text=True).stdout  # fmt: skip
@@ -187,8 +198,32 @@ def service_env(
     return {f"CONSUMER_{k}": v for k, v in env.items()}
 
 
+GROUPS_USED: set[str] = set()  # every group a bench run named, for the clean-up
+
+
 def new_group() -> str:
-    return f"bench-{uuid.uuid4().hex[:10]}"
+    group = f"bench-{uuid.uuid4().hex[:10]}"
+    GROUPS_USED.add(group)
+    return group
+
+
+def remove_leftovers(bootstrap: str, topic_prefix: str) -> None:
+    """On a cluster that outlives the bench (`KAFKA_BOOTSTRAP_SERVERS`): delete the topics it
+    created (named `topic_prefix…`) and the consumer groups it used; best effort."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(topic_prefix)]
+        groups = [f"{base}{suffix}" for base in sorted(GROUPS_USED)
+                  for suffix in ("", *(f"-{d}" for d in DESTINATIONS))]  # fmt: skip
+        futures = [*(admin.delete_topics(topics).values() if topics else ()),
+                   *(admin.delete_consumer_groups(groups).values() if groups else ())]  # fmt: skip
+    except KafkaException as exc:
+        progress(f"could not remove the bench's topics and groups: {exc}")
+        return
+    for future in futures:
+        with contextlib.suppress(KafkaException):  # a group never created: nothing to delete
+            future.result(timeout=30)
+    GROUPS_USED.clear()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,182 @@
+"""What a user of `make bench` sees before and around the measurements: bad input refused at
+once in one line, progress that counts to its end, failed runs kept out of the figures, and a
+paced run that says when the preloaded orders are too few for it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumer.devenv.bench import __main__ as bench_main
+from consumer.devenv.bench import rounds
+from consumer.devenv.bench.drain import DrainResult
+from consumer.devenv.bench.naive import NaiveResult
+from consumer.devenv.bench.rounds import Bench, Options, Stage
+from consumer.devenv.bench.service import Context, RunFailed, ServiceResult, ServiceRun, ServiceSpec
+from consumer.devenv.bench.stage import CodeTree, Topic
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--orders", "0"], "argument --orders: 0 must be at least 1"),
+        (["--orders", "-5"], "argument --orders: -5 must be at least 1"),
+        (["--partitions", "0"], "argument --partitions: 0 must be at least 1"),
+        (["--rounds", "0"], "argument --rounds: 0 must be at least 1"),
+        (["--latency-ms", "0"], "argument --latency-ms: 0 must be above 0"),
+        (["--latency-ms", "-1"], "argument --latency-ms: -1 must be above 0"),
+        (["--in-flight", "abc"], "argument --in-flight: 'abc' is not a number"),
+        (["--in-flight", ","], "argument --in-flight: give at least one value"),
+        (["--latencies", "0,-5"], "argument --latencies: -5 must be at least 0"),
+        (["--runs", ""], "--runs names no run"),
+        (["--runs", "X"], "unknown runs ['X']"),
+        (["--runs", "B,paced"], "the paced run paces at half of DL's rate: add DL"),
+        (["--baseline", "no-such-ref-anywhere"], "--baseline no-such-ref-anywhere: not a commit"),
+        (["--out-dir", "/proc/no-such-dir"], "--out-dir /proc/no-such-dir: "),
+    ],
+)
+def test_bad_bench_arguments_are_refused_in_one_line_before_anything_starts(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        bench_main.parse(argv)
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error
+    assert "Traceback" not in error
+
+
+def test_the_run_names_are_explained_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench_main.parse(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for name in rounds.RUNS:
+        assert f"{name}: " in help_text
+    assert "paced: latency at 50% of DL's rate (needs DL)" in help_text
+
+
+def _result(label: str, *, missing: int = 0, latency: dict[str, Any] | None = None,
+            rate: float = 1000.0) -> ServiceResult:  # fmt: skip
+    vendors = ("nibble", "nudgify", "custobar")
+    return ServiceResult(
+        label=label, orders=100, orders_per_s=rate, window_s=0.1, startup_s=0.5,
+        first_request_s=0.6, cpu_us_per_order=200.0, peak_rss_mb=80.0,
+        requests=dict.fromkeys(vendors, 2), missing={"nibble": missing, "nudgify": 0,
+        "custobar": 0}, duplicates=dict.fromkeys(vendors, 0), layout="per-destination groups",
+        sink_cpu_share=0.01, service_cores=0.9, machine_busy_cores=1.0,
+        peak_requests_per_s=10.0, exit_codes=[0], latency_ms=latency or {},
+    )  # fmt: skip
+
+
+class _Script:
+    """Stands in for every measured run (they need a broker); records what the bench told."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, missing_in: str = "") -> None:
+        self.progress: list[str] = []
+        monkeypatch.setattr(rounds, "progress", self.progress.append)
+        monkeypatch.setattr(rounds, "drain", lambda *_: DrainResult(100, 1e5, 0.001, 0.1))
+        monkeypatch.setattr(rounds, "naive", lambda *_, **__: NaiveResult(3, 15.0, 0.2, 9))
+
+        def ceiling(stage: Stage, tree: CodeTree) -> dict[str, Any]:
+            stage.keys[tree.label] = {"nibble": [], "nudgify": [], "custobar": []}
+            return {"orders": 100, "orders_per_s": 9000.0, "cpu_us_per_order": 110.0}
+
+        def service(_ctx: Context, spec: ServiceSpec, **_: Any) -> ServiceResult:
+            latency = {"p50": 40.0, "p95": 60.0, "p99": 90.0} if spec.paced_rate else None
+            return _result(spec.label, missing=int(spec.label == missing_in), latency=latency)
+
+        monkeypatch.setattr(rounds, "ceiling", ceiling)
+        monkeypatch.setattr(rounds, "run_service", service)
+
+    @property
+    def steps(self) -> list[tuple[int, int]]:
+        found = (re.search(r"\((\d+)/(\d+)\)$", line) for line in self.progress)
+        return [(int(m[1]), int(m[2])) for m in found if m]
+
+
+def _stage(tmp_path: Path, *, baseline: bool) -> Stage:
+    topic = Topic("bench-t", 6, [b""] * 100, {p: 0 for p in range(6)})
+    trees = [CodeTree("new", tmp_path, "aaaaaaa")]
+    if baseline:
+        trees.append(CodeTree("old", tmp_path, "bbbbbbb"))
+    return Stage("127.0.0.1:9", None, topic, topic, trees, None, tmp_path, None,  # type: ignore[arg-type]
+                 tmp_path / "values.bin", external=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("runs", "baseline"),
+    [
+        (("A", "D0"), True),  # B not asked for: it still runs once, for the D runs' checks
+        (("A",), False),  # no D run: no B at all
+        (("B", "D0", "DL", "pg", "2p", "paced", "sweep"), True),
+        (("C", "DL", "paced"), False),
+    ],
+)
+def test_the_progress_counter_ends_exactly_at_its_total(
+    runs: tuple[str, ...], baseline: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = _Script(monkeypatch)
+    options = Options(orders=100, rounds=2, runs=runs, baseline="HEAD" if baseline else None,
+                      in_flight=(100, 500), latencies=(0, 20))  # fmt: skip
+    bench = Bench(options, _stage(tmp_path, baseline=baseline))
+
+    bench.run()
+
+    steps = script.steps
+    assert [n for n, _ in steps] == list(range(1, len(steps) + 1))
+    assert {total for _, total in steps} == {len(steps)}
+    assert bench.failures == []
+
+
+def test_a_run_that_lost_orders_is_reported_and_left_out_of_the_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = _Script(monkeypatch, missing_in="D0 sqlite x1")
+    bench = Bench(Options(orders=100, rounds=1, runs=("B", "D0", "DL")),
+                  _stage(tmp_path, baseline=False))  # fmt: skip
+
+    bench.run()
+
+    (rnd,) = bench.rounds
+    assert rnd["D"]["D0 sqlite x1"] is None
+    assert rnd["D"]["D20 sqlite x1"]["orders_per_s"] == 1000.0
+    (failure,) = bench.failures
+    assert "D0 sqlite x1: orders missing at the sink" in failure
+    assert "left out of the medians and ratios" in failure
+    assert any(line.startswith("FAILED") and "D0 sqlite x1" in line for line in script.progress)
+
+
+def _paced_run(tmp_path: Path, orders: int, told: list[str]) -> ServiceRun:
+    topic = Topic("bench-t", 6, [b""] * orders, {p: 0 for p in range(6)})
+    ctx = Context("127.0.0.1:9", None, topic, CodeTree("new", tmp_path, "aaaaaaa"), None,  # type: ignore[arg-type]
+                  tmp_path, {})  # fmt: skip
+    spec = ServiceSpec(20, paced_rate=1000.0, paced_seconds=10.0)
+    return ServiceRun(ctx, spec, "1-1", told.append)
+
+
+def test_a_paced_run_with_too_few_orders_for_its_warm_up_fails_saying_how_many_it_needs(
+    tmp_path: Path,
+) -> None:
+    told: list[str] = []
+    run = _paced_run(tmp_path, 5_000, told)
+
+    with pytest.raises(RunFailed, match=r"too few orders to pace at 1,000/s: .* need 15,000, "
+                       r"--orders is 5,000"):  # fmt: skip
+        run._paced_count(1000.0, 10.0)
+
+
+def test_a_paced_run_shortened_by_the_preloaded_orders_says_how_long_it_measured(
+    tmp_path: Path,
+) -> None:
+    told: list[str] = []
+    run = _paced_run(tmp_path, 9_000, told)
+
+    assert run._paced_count(1000.0, 10.0) == 9_000
+    (warning,) = told
+    assert "9,000 orders last 4.0 s after the warm-up at 1,000/s, not 10 s" in warning
+    enough = _paced_run(tmp_path, 20_000, told)
+    assert enough._paced_count(1000.0, 10.0) == 15_000
+    assert len(told) == 1  # nothing said when the orders suffice
