@@ -1,15 +1,17 @@
 """Run D: the real service, `python -m consumer run --idle-exit N` as OS processes, against the
 sink, with a fresh consumer group and a fresh ledger per run, so every run does the same work.
 
-    spawn ─▶ the group settled (t0) ─▶ … ─▶ every group committed the end (t_end) ─▶ TERM
-             └── start-up: apart ──┘   └── timed: orders committed after t0 / (t_end - t0) ──┘
+    spawn ─▶ group settled (t0) ─▶ … ─▶ vendors' last 2xx (t_end) ─▶ all committed ─▶ TERM
+             └─ start-up: apart ─┘   └─ timed: orders after t0 / (t_end - t0) ─┘
 
 The group has settled at the last partition assignment or revocation in the processes' logs:
 for one process that is its lanes' first assignment; for two, the second member's join (the
 first member has been consuming meanwhile, and the rebalance moves half its partitions). What
 the processes committed before t0 is read from the committed offsets sampled every 0.2 s and
 left out, so a 2-process run measures two members sharing the partitions, not one member
-working alone and then a rebalance.
+working alone and then a rebalance. The run ends when every group committed the end, but the
+window ends at the sink's last 2xx: the commit comes up to ~0.4 s after the work. A paced run's
+window starts with its first produced record.
 
 CPU is read from /proc/<pid>/stat (utime + stime) of the consumer processes every tick and taken
 over the timed window; peak RSS is VmHWM. Which groups to watch is found, not assumed: this
