@@ -85,7 +85,7 @@ def staged(options: Options, stack: contextlib.ExitStack, scratch: Path) -> Iter
     # after Kafka's default 3 s (so the two processes of a 2p run are assigned together).
     broker = kafka_cluster(flush_every_message=False, initial_rebalance_delay_ms=3000)
     bootstrap = stack.enter_context(broker)
-    name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # unique on a shared cluster
     if external:
         stack.callback(remove_leftovers, bootstrap, name)
     sink = stack.enter_context(running_sink(free_port(), scratch / "sink.log"))

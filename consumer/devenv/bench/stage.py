@@ -207,12 +207,14 @@ def new_group() -> str:
     return group
 
 
-def remove_leftovers(bootstrap: str, topic_prefix: str) -> None:
+def remove_leftovers(bootstrap: str, topic: str) -> None:
     """On a cluster that outlives the bench (`KAFKA_BOOTSTRAP_SERVERS`): delete the topics it
-    created (named `topic_prefix…`) and the consumer groups it used; best effort."""
+    created (`topic`, and `topic` followed by `.` or `-`: its dead letters, the sweep's and the
+    paced runs' topics) and the consumer groups it used; best effort."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     try:
-        topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(topic_prefix)]
+        topics = [t for t in admin.list_topics(timeout=10).topics
+                  if t == topic or t.startswith((f"{topic}.", f"{topic}-"))]  # fmt: skip
         groups = [f"{base}{suffix}" for base in sorted(GROUPS_USED)
                   for suffix in ("", *(f"-{d}" for d in DESTINATIONS))]  # fmt: skip
         futures = [*(admin.delete_topics(topics).values() if topics else ()),
