@@ -211,7 +211,13 @@ class LocalKafka:
                 "-c", str(config), "--standalone",
                 *(self.security.format_args() if self.security else []), stdout=out, stderr=out,
             )  # fmt: skip
-            if formatter.wait(timeout=120) != 0:
+            try:
+                code = formatter.wait(timeout=120)
+            except BaseException:  # interrupted, or hung: the tool must not outlive us
+                formatter.kill()
+                formatter.wait()
+                raise
+            if code != 0:
                 raise RuntimeError(f"kafka storage format failed:\n{self._tail('format.log')}")
 
     def start(self) -> LocalKafka:

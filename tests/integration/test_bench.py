@@ -85,7 +85,9 @@ def test_a_200_order_bench_of_a_b_and_d0_writes_the_results_json(
     # A cluster the bench did not start is left as it was found: no bench topic, no group.
     assert results["broker"] == "KAFKA_BOOTSTRAP_SERVERS"
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    leftovers = [t for t in admin.list_topics(timeout=10).topics if t.startswith("bench-")]
+    topic = results["topic"]
+    assert topic.startswith("bench-")
+    leftovers = [t for t in admin.list_topics(timeout=10).topics if t.startswith(topic)]
     assert leftovers == []
     groups = admin.list_consumer_groups().result(timeout=10).valid
     assert [g.group_id for g in groups if g.group_id.startswith("bench-")] == []

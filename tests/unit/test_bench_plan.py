@@ -4,16 +4,20 @@ paced run that says when the preloaded orders are too few for it."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from consumer.devenv.bench import __main__ as bench_main
-from consumer.devenv.bench import rounds
+from consumer.devenv.bench import paced, rounds, stage
 from consumer.devenv.bench.drain import DrainResult
 from consumer.devenv.bench.naive import NaiveResult
+from consumer.devenv.bench.probes import Series
 from consumer.devenv.bench.rounds import Bench, Options, Stage
 from consumer.devenv.bench.service import Context, RunFailed, ServiceResult, ServiceRun, ServiceSpec
 from consumer.devenv.bench.stage import CodeTree, Topic
@@ -180,3 +184,177 @@ def test_a_paced_run_shortened_by_the_preloaded_orders_says_how_long_it_measured
     enough = _paced_run(tmp_path, 20_000, told)
     assert enough._paced_count(1000.0, 10.0) == 15_000
     assert len(told) == 1  # nothing said when the orders suffice
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_latency_or_time_box_that_is_not_a_finite_number_is_refused(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for flag in ("--latency-ms", "--naive-seconds", "--paced-seconds"):
+        with pytest.raises(SystemExit):
+            bench_main.parse([f"{flag}={value}"])
+        assert f"argument {flag}: {value} must be above 0" in capsys.readouterr().err
+
+
+def test_a_second_interrupt_while_cleaning_up_only_says_to_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class GoneStderr:
+        def write(self, _text: str) -> int:
+            raise BrokenPipeError  # `make bench | tee`: the first Ctrl-C took tee with it
+
+        def flush(self) -> None:
+            raise BrokenPipeError
+
+    interrupt = bench_main._Interrupt()
+    with pytest.raises(KeyboardInterrupt):
+        interrupt(2, None)
+    monkeypatch.setattr("sys.stderr", GoneStderr())
+    interrupt(2, None)  # returns: the clean-up it lands in goes on
+    interrupt(15, None)
+
+
+class _Sink:
+    """The sink's records as `SinkProcess.records()` returns them: (arrived, answered, keys)."""
+
+    pid = 0
+
+    def __init__(self, records: dict[str, list[Any]]) -> None:
+        self._records = records
+
+    def records(self) -> dict[str, list[Any]]:
+        return self._records
+
+
+def _measured(tmp_path: Path, *, assigned: float, answers: list[tuple[float, int, str]],
+              finished: float, pacer_start: float | None = None) -> ServiceResult:  # fmt: skip
+    """A finished one-process run of 4 orders (order 3 goes to Nibble only) whose vendors
+    answered as `answers` says: (time, order, vendor or "all"); CPU burnt at one core."""
+    keys = {"nibble": ["K0", "K1", "K2", "K3"], "custobar": ["K0", "K1", "K2", None]}
+    records: dict[str, list[Any]] = {"nibble": [], "custobar": []}
+    for at, order, which in answers:
+        for vendor, vendor_keys in keys.items():
+            if vendor_keys[order] is not None and which in ("all", vendor):
+                records[vendor].append((at - 0.01, at, [vendor_keys[order]]))
+    topic = Topic("bench-t", 1, [b""] * 4, {0: 4})
+    log = tmp_path / "consumer.log"
+    stamp = datetime.fromtimestamp(assigned, UTC).isoformat().replace("+00:00", "Z")
+    log.write_text(json.dumps({"event": "consumer.assigned", "timestamp": stamp}) + "\n")
+    ctx = Context("127.0.0.1:9", _Sink(records), topic, CodeTree("new", tmp_path, "a"),  # type: ignore[arg-type]
+                  None, tmp_path, keys)  # type: ignore[arg-type]  # fmt: skip
+    spec = ServiceSpec(20, paced_rate=2.0 if pacer_start else None)
+    run = ServiceRun(ctx, spec, "1-1", lambda _: None)
+    run.logs = [log]
+    cpu = Series()
+    for t in range(0, 201):
+        cpu.add(t / 10, t / 10)  # one core busy from 0 to 20 s
+    run.cpu, run.rss = {1: cpu}, {1: 80.0}
+    if pacer_start is not None:
+        pacer = type("P", (), {"started_at": pacer_start, "timestamps": {}})()
+        run.pacer = pacer  # type: ignore[assignment]
+    return run._result(0.0, finished, "per-destination groups", [0])
+
+
+def test_a_run_is_timed_from_the_assignment_to_the_vendors_last_answer(tmp_path: Path) -> None:
+    # Assigned at 2 s, answers until 6 s; the commits showed the end only at 6.4 s.
+    result = _measured(tmp_path, assigned=2.0, finished=6.4,
+                       answers=[(3.0, 0, "all"), (4.0, 1, "all"), (5.0, 2, "all"),
+                                (6.0, 3, "all")])  # fmt: skip
+
+    assert result.window_s == pytest.approx(4.0)
+    assert result.orders_per_s == pytest.approx(4 / 4.0)
+    assert result.cpu_us_per_order == pytest.approx(4.0 / 4 * 1e6)
+    assert result.startup_s == pytest.approx(2.0)
+
+
+def test_orders_every_vendor_had_answered_before_the_group_settled_are_left_out(
+    tmp_path: Path,
+) -> None:
+    # Before the assignment at 2 s: order 0 done by both vendors, Nibble-only order 3 done,
+    # order 1 by Nibble only (Custobar answers it at 4 s).
+    result = _measured(tmp_path, assigned=2.0, finished=6.4,
+                       answers=[(1.0, 0, "all"), (1.5, 3, "all"), (1.0, 1, "nibble"),
+                                (4.0, 1, "custobar"), (6.0, 2, "all")])  # fmt: skip
+
+    assert result.orders == 2  # orders 1 and 2
+    assert result.orders_per_s == pytest.approx(2 / 4.0)
+
+
+def test_a_paced_run_is_timed_from_its_first_paced_record(tmp_path: Path) -> None:
+    # Assigned at 2 s, pacing from 7 s (the settle wait), answers until 9 s.
+    result = _measured(tmp_path, assigned=2.0, finished=9.3, pacer_start=7.0,
+                       answers=[(7.5, 0, "all"), (8.0, 1, "all"), (8.5, 2, "all"),
+                                (9.0, 3, "all")])  # fmt: skip
+
+    assert result.window_s == pytest.approx(2.0)
+    assert result.orders_per_s == pytest.approx(2.0)
+    assert result.cpu_us_per_order == pytest.approx(2.0 / 4 * 1e6)
+    assert result.startup_s == pytest.approx(2.0)  # start-up is still spawn → assignment
+    assert result.paced_rate == 2.0
+
+
+def test_the_clean_up_on_an_external_cluster_deletes_only_this_bench_s_topics_and_groups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deleted: dict[str, list[str]] = {}
+
+    class Admin:
+        def __init__(self, _config: dict[str, Any]) -> None:
+            pass
+
+        def list_topics(self, timeout: float) -> Any:
+            names = ["bench-1-ab", "bench-1-ab.dlq", "bench-1-ab-sweep", "bench-1-ab-paced-1-3",
+                     "bench-1-abc", "bench-1-abc.dlq", "bench-1-ab2-sweep", "orders"]  # fmt: skip
+            return type("Metadata", (), {"topics": dict.fromkeys(names)})()
+
+        def delete_topics(self, topics: list[str]) -> dict[str, Any]:
+            deleted["topics"] = topics
+            return {}
+
+        def delete_consumer_groups(self, groups: list[str]) -> dict[str, Any]:
+            deleted["groups"] = groups
+            return {}
+
+    monkeypatch.setattr(stage, "AdminClient", Admin)
+    monkeypatch.setattr(stage, "GROUPS_USED", set())
+    group = stage.new_group()
+
+    stage.remove_leftovers("127.0.0.1:9", "bench-1-ab")
+
+    assert sorted(deleted["topics"]) == [
+        "bench-1-ab", "bench-1-ab-paced-1-3", "bench-1-ab-sweep", "bench-1-ab.dlq"]  # fmt: skip
+    assert sorted(deleted["groups"]) == sorted(
+        [group, f"{group}-nibble", f"{group}-nudgify", f"{group}-custobar"]
+    )
+
+
+def test_a_stopped_pacer_produces_nothing_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    produced: list[int] = []
+
+    class Producer:
+        def __init__(self, _config: dict[str, Any]) -> None:
+            pass
+
+        def list_topics(self, *_: Any, **__: Any) -> None:
+            pass
+
+        def produce(self, *_: Any, **__: Any) -> None:
+            produced.append(1)
+
+        def poll(self, _timeout: float) -> int:
+            return 0
+
+        def flush(self, _timeout: float) -> int:
+            return 0
+
+    monkeypatch.setattr(paced, "Producer", Producer)
+    pacer = paced.Pacer("127.0.0.1:9", "t", [b"x"] * 1_000_000, rate=10_000, count=1_000_000)
+    pacer.start()
+    while not produced:
+        time.sleep(0.001)
+    pacer.stop()
+    pacer.join(2)
+    assert not pacer.is_alive()
+    at_stop = len(produced)
+    time.sleep(0.05)
+    assert len(produced) == at_stop < 1_000_000

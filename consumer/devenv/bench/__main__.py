@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import signal
@@ -35,7 +36,8 @@ SINK_HEADROOM = 3.0  # the sink must take at least this many times the busiest s
 
 RUN_NAMES = {
     "A": "raw drain",
-    "B": "CPU ceiling (always run once: the D runs check the sink against its keys)",
+    "B": "CPU ceiling (run in the first round even when not asked for if a D, paced or sweep"
+    " run will check the sink against its keys)",
     "C": "naive consumer at --latency-ms",
     "D0": "the service, SQLite ledger, vendors answering at once",
     "DL": "the service, SQLite ledger, vendors answering after --latency-ms",
@@ -56,7 +58,7 @@ def _number(kind: type[int] | type[float], minimum: float, *, above: bool = Fals
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < minimum or (above and value == minimum):
+        if not math.isfinite(value) or value < minimum or (above and value == minimum):
             raise argparse.ArgumentTypeError(f"{text} must be {word} {minimum:g}")
         return value
 
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             capacity = bench.sink_capacity(args.sink_seconds)
             bench.run()
             trees = [{"label": t.label, "commit": t.commit} for t in stage.trees]
-            external = stage.external
+            external, topic = stage.external, stage.topic.name
     except KeyboardInterrupt:
         progress("interrupted: every process stopped, temporary files removed")
         return 130
@@ -199,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "options": {**vars(options), "runs": list(options.runs)},
         "trees": trees,
         "broker": "KAFKA_BOOTSTRAP_SERVERS" if external else "the bench's own",
+        "topic": topic,
         "settings": {"commit_interval_ms": COMMIT_INTERVAL_MS, "batches": batches,
                      "smallest_batch": smallest, "concurrency": concurrency,
                      "linger_ms": settings.delivery.linger_ms,

@@ -38,13 +38,18 @@ class Pacer(threading.Thread):
         self.timestamps: dict[int, float] = {}
         self.started_at: float | None = None  # wall time of the first record
         self.error: BaseException | None = None
+        self._halt = threading.Event()  # not `_stop`: Thread has a method of that name
+
+    def stop(self) -> None:
+        """Produce no more (the run is over or interrupted; the thread ends within ~2 ms)."""
+        self._halt.set()
 
     def run(self) -> None:
         try:
             self.started_at = time.time()
             started = time.monotonic()
             sent = 0
-            while sent < self._count:
+            while sent < self._count and not self._halt.is_set():
                 due = min(self._count, int((time.monotonic() - started) * self._rate) + 1)
                 while sent < due:
                     ms = int(time.time() * 1000)
@@ -54,6 +59,8 @@ class Pacer(threading.Thread):
                     sent += 1
                 self._producer.poll(0)
                 time.sleep(0.002)
+            if self._halt.is_set():
+                return
             if self._producer.flush(30) != 0:
                 raise RuntimeError("paced records not acknowledged")
         except BaseException as exc:  # handed to the run, which fails with it

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,7 +86,8 @@ def staged(options: Options, stack: contextlib.ExitStack, scratch: Path) -> Iter
     # after Kafka's default 3 s (so the two processes of a 2p run are assigned together).
     broker = kafka_cluster(flush_every_message=False, initial_rebalance_delay_ms=3000)
     bootstrap = stack.enter_context(broker)
-    name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # unique on a shared cluster
+    # Unique on a shared cluster (another bench may start in the same second).
+    name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     if external:
         stack.callback(remove_leftovers, bootstrap, name)
     sink = stack.enter_context(running_sink(free_port(), scratch / "sink.log"))
@@ -230,7 +232,7 @@ class Bench:
                 where, "A raw drain", lambda: drain(stage.bootstrap, stage.topic)
             )
             rnd["A"] = asdict(result) if result else None
-        if "B" in runs or (self._needs_keys and ours.label not in stage.keys):
+        if "B" in runs or (self._needs_keys and number == 1):
             rnd["B"] = self._attempt(where, f"B CPU ceiling ({ours.commit})",
                                      lambda: ceiling(stage, ours))  # fmt: skip
         old = stage.trees[1] if len(stage.trees) > 1 else None
@@ -256,7 +258,10 @@ class Bench:
                  number: int) -> dict[str, Any] | None:  # fmt: skip
         keys = self.stage.keys.get(tree.label)
         if keys is None:
-            self.failures.append(f"{where} {spec.label} ({tree.label}): no keys (B failed)")
+            self._announce(where, spec.label)
+            message = f"{where} {spec.label} ({tree.label}): not run, B failed (no keys to check)"
+            self.failures.append(message)
+            progress(f"FAILED {message}")
             return None
         stage = self.stage
         ctx = Context(stage.bootstrap, stage.sink, topic, tree, stage.children, stage.scratch,
@@ -298,6 +303,7 @@ class Bench:
             message = f"{where} paced: no latency measured after the warm-up (raise --orders)"
             self.failures.append(message)
             progress(f"FAILED {message}")
+            return None
         if result and result["latency_ms"]:
             p = result["latency_ms"]
             warm_up = p.get("warm_up_p99")

@@ -223,7 +223,8 @@ def remove_leftovers(bootstrap: str, topic: str) -> None:
         progress(f"could not remove the bench's topics and groups: {exc}")
         return
     for future in futures:
-        with contextlib.suppress(KafkaException):  # a group never created: nothing to delete
+        # A group never created has nothing to delete; a slow cluster must not cost the results.
+        with contextlib.suppress(KafkaException, TimeoutError):
             future.result(timeout=30)
     GROUPS_USED.clear()
 
@@ -238,4 +239,7 @@ def scratch_dir() -> Iterator[Path]:
 
 
 def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    """A line on stderr; never raises: after Ctrl-C a `| tee` may be gone, and the clean-up
+    that prints must still run."""
+    with contextlib.suppress(OSError):
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
