@@ -34,20 +34,6 @@ from consumer.devenv.bench.stage import (
 SINK_HEADROOM = 3.0  # the sink must take at least this many times the busiest second's requests
 
 
-RUN_NAMES = {
-    "A": "raw drain",
-    "B": "CPU ceiling (run in the first round even when not asked for if a D, paced or sweep"
-    " run will check the sink against its keys)",
-    "C": "naive consumer at --latency-ms",
-    "D0": "the service, SQLite ledger, vendors answering at once",
-    "DL": "the service, SQLite ledger, vendors answering after --latency-ms",
-    "pg": "D0 and DL with a PostgreSQL ledger",
-    "2p": "D0 and DL with a PostgreSQL ledger and two processes in one group",
-    "paced": "latency at 50% of DL's rate (needs DL)",
-    "sweep": "MAX_IN_FLIGHT and vendor latency sweeps for the plot, once",
-}
-
-
 def _number(kind: type[int] | type[float], minimum: float, *, above: bool = False
             ) -> Callable[[str], Any]:  # fmt: skip
     """An argparse type: a number at least (or above) `minimum`, with a one-line error."""
@@ -79,7 +65,7 @@ def _numbers(kind: type[int] | type[float], minimum: float) -> Callable[[str], t
 
 def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     d = Options()
-    runs_help = "; ".join(f"{name}: {what}" for name, what in RUN_NAMES.items())
+    runs_help = "; ".join(f"{name}: {what}" for name, what in RUNS.items())
     runs_help = runs_help.replace("%", "%%")  # argparse formats help with %
     p = argparse.ArgumentParser(prog="python -m consumer.devenv.bench", description=__doc__)
     p.add_argument("--orders", type=_number(int, 1), default=d.orders,

@@ -41,7 +41,18 @@ from consumer.devenv.kafka import create_topic, free_port, kafka_cluster
 from consumer.devenv.postgres import postgres_server
 
 CEILING = Path(__file__).resolve().parent / "ceiling.py"
-RUNS = ("A", "B", "C", "D0", "DL", "pg", "2p", "paced", "sweep")
+RUNS = {  # every run `--runs` can name, and what it measures
+    "A": "raw drain",
+    "B": "CPU ceiling (run in the first round even when not asked for if a D, paced or sweep"
+    " run will check the sink against its keys)",
+    "C": "naive consumer at --latency-ms",
+    "D0": "the service, SQLite ledger, vendors answering at once",
+    "DL": "the service, SQLite ledger, vendors answering after --latency-ms",
+    "pg": "D0 and DL with a PostgreSQL ledger",
+    "2p": "D0 and DL with a PostgreSQL ledger and two processes in one group",
+    "paced": "latency at 50% of DL's rate (needs DL)",
+    "sweep": "MAX_IN_FLIGHT and vendor latency sweeps for the plot, once",
+}
 
 
 @dataclass
@@ -56,7 +67,7 @@ class Options:
     in_flight: tuple[int, ...] = (100, 500, 2000, 8000)
     latencies: tuple[float, ...] = (0, 5, 20, 50)
     baseline: str | None = None
-    runs: tuple[str, ...] = RUNS
+    runs: tuple[str, ...] = tuple(RUNS)
 
 
 @dataclass
