@@ -40,6 +40,9 @@ from consumer.devenv.bench.stage import CodeTree, Topic
         (["--runs", "B,paced"], "the paced run paces at half of DL's rate: add DL"),
         (["--baseline", "no-such-ref-anywhere"], "--baseline no-such-ref-anywhere: not a commit"),
         (["--out-dir", "/proc/no-such-dir"], "--out-dir /proc/no-such-dir: "),
+        (["--plot", "/tmp"], "--plot /tmp: give the PNG file to write"),
+        (["--latency-ms", "10000"], "argument --latency-ms: 10000 must be below 10000"),
+        (["--latencies", "0,20000"], "argument --latencies: 20000 must be below 10000"),
     ],
 )
 def test_bad_bench_arguments_are_refused_in_one_line_before_anything_starts(
@@ -358,3 +361,21 @@ def test_a_stopped_pacer_produces_nothing_more(monkeypatch: pytest.MonkeyPatch) 
     at_stop = len(produced)
     time.sleep(0.05)
     assert len(produced) == at_stop < 1_000_000
+
+
+def test_an_unreachable_external_cluster_is_said_in_one_line() -> None:
+    with pytest.raises(stage.StageError, match=r"^no Kafka broker answers at 127\.0\.0\.1:1 "):
+        stage.reachable("127.0.0.1:1", timeout_s=0.5)
+
+
+def test_a_baseline_without_what_the_cpu_ceiling_harness_imports_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(stage, "BASELINE_NEEDS", ("consumer/decode.py", "consumer/gone.py"))
+    with pytest.raises(SystemExit):
+        bench_main.parse(["--baseline", "HEAD"])
+    assert ("--baseline HEAD: too old for this bench: it has no consumer/gone.py"
+            in capsys.readouterr().err)  # fmt: skip
+    monkeypatch.setattr(stage, "BASELINE_NEEDS", ("consumer/decode.py",))
+    options, _ = bench_main.parse(["--baseline", "HEAD"])
+    assert options.baseline == "HEAD"

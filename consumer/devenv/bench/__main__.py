@@ -26,17 +26,19 @@ from consumer.devenv.bench.rounds import RUNS, Bench, Options, service_settings,
 from consumer.devenv.bench.stage import (
     COMMIT_INTERVAL_MS,
     ROOT,
+    StageError,
+    baseline_problem,
     progress,
-    resolve_ref,
     scratch_dir,
 )
 
 SINK_HEADROOM = 3.0  # the sink must take at least this many times the busiest second's requests
 
 
-def _number(kind: type[int] | type[float], minimum: float, *, above: bool = False
-            ) -> Callable[[str], Any]:  # fmt: skip
-    """An argparse type: a number at least (or above) `minimum`, with a one-line error."""
+def _number(kind: type[int] | type[float], minimum: float, *, above: bool = False,
+            below: float = math.inf) -> Callable[[str], Any]:  # fmt: skip
+    """An argparse type: a number at least (or above) `minimum` and below `below`, with a
+    one-line error."""
     word = "above" if above else "at least"
 
     def convert(text: str) -> int | float:
@@ -46,13 +48,22 @@ def _number(kind: type[int] | type[float], minimum: float, *, above: bool = Fals
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not math.isfinite(value) or value < minimum or (above and value == minimum):
             raise argparse.ArgumentTypeError(f"{text} must be {word} {minimum:g}")
+        if value >= below:
+            raise argparse.ArgumentTypeError(f"{text} must be below {below:g}")
         return value
 
     return convert
 
 
-def _numbers(kind: type[int] | type[float], minimum: float) -> Callable[[str], tuple[Any, ...]]:
-    one = _number(kind, minimum)
+MAX_LATENCY_MS = 10_000.0
+"""A sink answering this late times out the naive consumer's requests (10 s) and comes near
+the service's own HTTP timeout (15 s): every run would fail after a minute or more."""
+_latency = _number(float, 0, above=True, below=MAX_LATENCY_MS)
+
+
+def _numbers(kind: type[int] | type[float], minimum: float, *, below: float = math.inf
+             ) -> Callable[[str], tuple[Any, ...]]:  # fmt: skip
+    one = _number(kind, minimum, below=below)
 
     def convert(text: str) -> tuple[Any, ...]:
         values = tuple(one(part) for part in text.split(",") if part.strip())
@@ -72,7 +83,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
                    help="orders preloaded (A, B, D)")  # fmt: skip
     p.add_argument("--partitions", type=_number(int, 1), default=d.partitions)
     p.add_argument("--rounds", type=_number(int, 1), default=d.rounds)
-    p.add_argument("--latency-ms", type=_number(float, 0, above=True), default=d.latency_ms,
+    p.add_argument("--latency-ms", type=_latency, default=d.latency_ms,
                    help="the vendor latency of C, DL and the paced run")  # fmt: skip
     p.add_argument("--naive-seconds", type=_number(float, 0, above=True),
                    default=d.naive_seconds, help="C's time box")  # fmt: skip
@@ -81,7 +92,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--sweep-orders", type=_number(int, 1), default=d.sweep_orders)
     p.add_argument("--in-flight", type=_numbers(int, 1), default=d.in_flight,
                    help="e.g. 100,500,2000")  # fmt: skip
-    p.add_argument("--latencies", type=_numbers(float, 0), default=d.latencies,
+    p.add_argument("--latencies", type=_numbers(float, 0, below=MAX_LATENCY_MS),
+                   default=d.latencies,
                    help="e.g. 0,5,20,50")  # fmt: skip
     p.add_argument("--baseline", default=None, help="a git ref to measure B and D0/DL of too")
     p.add_argument("--runs", default=",".join(RUNS),
@@ -99,13 +111,15 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         p.error(f"--runs names no run; choose from {','.join(RUNS)}")
     if "paced" in runs and "DL" not in runs:
         p.error("the paced run paces at half of DL's rate: add DL to --runs")
+    if args.baseline and (problem := baseline_problem(args.baseline)):
+        p.error(f"--baseline {args.baseline}: {problem}")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        p.error(f"--plot {args.plot}: give the PNG file to write, e.g. results/plot.png")
     # Found out before ten minutes of measuring, not when the results are written.
     for label, directory in (("--out-dir", args.out_dir),
                              ("--plot", args.plot.parent if args.plot else None)):  # fmt: skip
         if directory is not None and (problem := _unwritable(directory)):
             p.error(f"{label} {directory}: {problem}")
-    if args.baseline and (problem := resolve_ref(args.baseline)):
-        p.error(f"--baseline {args.baseline}: {problem}")
     options = Options(orders=args.orders, partitions=args.partitions, rounds=args.rounds,
                       latency_ms=args.latency_ms, naive_seconds=args.naive_seconds,
                       paced_seconds=args.paced_seconds, sweep_orders=args.sweep_orders,
@@ -165,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         progress("interrupted: every process stopped, temporary files removed")
         return 130
+    except StageError as exc:
+        progress(f"cannot start: {exc}")
+        return 2
     for rnd in bench.rounds:
         rnd["ratios"] = report.round_ratios(
             rnd, latency_ms=lat, linger_ms=settings.delivery.linger_ms,
@@ -205,7 +222,22 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"{stamp}.json"
     out.write_text(json.dumps(results, indent=1, default=str))
+    try:
+        return _report(results, bench, args, stamp, out, sink_ok=sink_ok)
+    except KeyboardInterrupt:  # the measurements are kept: say where
+        progress(f"interrupted after the measurements; results: {out}")
+        return 130
+
+
+def _report(results: dict[str, Any], bench: Bench, args: argparse.Namespace, stamp: str,
+            out: Path, *, sink_ok: bool) -> int:  # fmt: skip
+    """Draw the plot, print the tables; the exit code."""
+    options, settings = bench.options, results["settings"]
+    trees = results["trees"]
+    summary = results["summary"]
     png = args.plot or args.out_dir / f"{stamp}.png"
+    concurrency, smallest = settings["concurrency"], settings["smallest_batch"]
+    batches, lat = settings["batches"], options.latency_ms
     if bench.sweep.get("in_flight") or bench.sweep.get("latency"):
         b = summary.get("B CPU ceiling orders/s", {}).get("median")
         plot(png, bench.sweep, ceiling=b, concurrency=concurrency, batch=batches[smallest],

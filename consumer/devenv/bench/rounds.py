@@ -34,6 +34,7 @@ from consumer.devenv.bench.stage import (
     end_offsets,
     preload,
     progress,
+    reachable,
     remove_leftovers,
     service_env,
 )
@@ -88,21 +89,29 @@ class Stage:
 @contextlib.contextmanager
 def staged(options: Options, stack: contextlib.ExitStack, scratch: Path) -> Iterator[Stage]:
     external = bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    needs_pg = any(run in options.runs for run in ("pg", "2p"))
     if external:
         progress("using the cluster at KAFKA_BOOTSTRAP_SERVERS; its own settings apply (a"
                  " group.initial.rebalance.delay.ms other than 3000 changes start-up and the"
                  " two-process runs)")  # fmt: skip
-    progress("starting the broker, the sink and PostgreSQL")
+    parts = [
+        *([] if external else ["the broker"]),
+        "the sink",
+        *(["PostgreSQL"] if needs_pg else []),
+    ]
+    listed = f"{', '.join(parts[:-1])} and {parts[-1]}" if len(parts) > 1 else parts[0]
+    progress(f"starting {listed}")
     # A broker as in production: flushing left to the OS, a new group's first assignment
     # after Kafka's default 3 s (so the two processes of a 2p run are assigned together).
     broker = kafka_cluster(flush_every_message=False, initial_rebalance_delay_ms=3000)
     bootstrap = stack.enter_context(broker)
+    if external:
+        reachable(bootstrap)
     # Unique on a shared cluster (another bench may start in the same second).
     name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     if external:
         stack.callback(remove_leftovers, bootstrap, name)
     sink = stack.enter_context(running_sink(free_port(), scratch / "sink.log"))
-    needs_pg = any(run in options.runs for run in ("pg", "2p"))
     postgres_url = stack.enter_context(postgres_server()) if needs_pg else None
     children = Children()
     stack.callback(children.stop_all)

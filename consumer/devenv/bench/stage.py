@@ -108,14 +108,26 @@ def baseline_tree(ref: str, parent: Path) -> Iterator[CodeTree]:
         _git("worktree", "prune")
 
 
-def resolve_ref(ref: str) -> str | None:
-    """None when `ref` names a commit of this repository, else git's own one-line reason."""
+BASELINE_NEEDS = ("consumer/bootstrap.py", "consumer/config.py", "consumer/decode.py",
+                  "consumer/deliver/destination.py", "consumer/deliver/worker.py")  # fmt: skip
+"""What the CPU-ceiling harness imports from a baseline: an older commit lacks some, and its
+B would import them from this checkout instead (the editable install finds them)."""
+
+
+def baseline_problem(ref: str) -> str | None:
+    """None when `ref` names a commit the bench can measure, else why not (one line)."""
     done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
                           cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    if done.returncode == 0:
-        return None
-    reason = (done.stderr.strip().splitlines() or [""])[-1]
-    return reason or "not a commit of this repository (git rev-parse found none)"
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or [""])[-1]
+        return reason or "not a commit of this repository (git rev-parse found none)"
+    commit = done.stdout.strip()
+    missing = [path for path in BASELINE_NEEDS
+               if subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=ROOT,
+                                 capture_output=True).returncode != 0]  # fmt: skip
+    if missing:
+        return f"too old for this bench: it has no {', '.join(missing)} (4f9b267 and later work)"
+    return None
 
 
 def _git(*args: str) -> str:
@@ -196,6 +208,20 @@ def service_env(
         **(overrides or {}),
     }
     return {f"CONSUMER_{k}": v for k, v in env.items()}
+
+
+class StageError(RuntimeError):
+    """The bench cannot set its stage up (the message says why, in one line)."""
+
+
+def reachable(bootstrap: str, timeout_s: float = 10.0) -> None:
+    """Raise StageError unless a broker answers at `bootstrap` within `timeout_s`."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise StageError(f"no Kafka broker answers at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS):"
+                         f" {exc.args[0].str() if exc.args else exc}") from None  # fmt: skip
 
 
 GROUPS_USED: set[str] = set()  # every group a bench run named, for the clean-up
