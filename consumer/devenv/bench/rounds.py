@@ -105,11 +105,10 @@ def staged(options: Options, stack: contextlib.ExitStack, scratch: Path) -> Iter
     # after Kafka's default 3 s (so the two processes of a 2p run are assigned together).
     broker = kafka_cluster(flush_every_message=False, initial_rebalance_delay_ms=3000)
     bootstrap = stack.enter_context(broker)
-    if external:
-        reachable(bootstrap)
     # Unique on a shared cluster (another bench may start in the same second).
     name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     if external:
+        reachable(bootstrap)
         stack.callback(remove_leftovers, bootstrap, name)
     sink = stack.enter_context(running_sink(free_port(), scratch / "sink.log"))
     postgres_url = stack.enter_context(postgres_server()) if needs_pg else None
@@ -324,7 +323,7 @@ class Bench:
             self.failures.append(message)
             progress(f"FAILED {message}")
             return None
-        if result and result["latency_ms"]:
+        if result:
             p = result["latency_ms"]
             warm_up = p.get("warm_up_p99")
             progress(f"    latency p50 {p['p50']:.0f} ms, p95 {p['p95']:.0f}, p99 {p['p99']:.0f}"
